@@ -1,0 +1,28 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast demo clean
+
+$(STAMP): requirements.txt setup.py
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(VENV)/bin/pytest
+
+# Everything but the real-weights and other slow tests.
+test-fast: venv
+	$(VENV)/bin/pytest -m "not slow"
+
+demo: venv
+	$(PYTHON) -m demo
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

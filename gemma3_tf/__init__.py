@@ -1,0 +1,7 @@
+"""gemma3-tf: Gemma 3 in Keras 3 on TensorFlow."""
+
+from gemma3_tf.backbone import Gemma3Backbone
+from gemma3_tf.causal_lm import Gemma3CausalLM
+from gemma3_tf.vision_encoder import Gemma3VisionEncoder
+
+__version__ = "0.1.0"

@@ -1,0 +1,231 @@
+import keras
+from keras import ops
+
+from gemma3_tf.input_validation import validate_inputs
+from gemma3_tf.layers import Gemma3DecoderBlock, Gemma3InterleaveEmbeddings, RMSNormalization
+from gemma3_tf.layers.attention_mask import compute_attention_mask
+
+
+@keras.saving.register_keras_serializable(package="gemma3_tf")
+class Gemma3Backbone(keras.Model):
+    """Gemma 3: token (and image) embeddings -> decoder blocks -> final RMSNorm.
+
+    The constructor is that of `keras_hub.models.Gemma3Backbone`. Inputs:
+    `token_ids` [B, T] and `padding_mask` [B, T]; with a vision encoder also
+    `images` [B, N, S, S, 3] in [-1, 1], `vision_mask` [B, T] and
+    `vision_indices` [B, N * tokens_per_image] (zero-padded). N may be 0.
+    Output: hidden states [B, T, hidden_dim].
+
+    Layers 0-4, 6-10, ... are local (sliding window, RoPE base 10k scaled by
+    `local_rope_scaling_factor`) when `use_sliding_window_attention`; every
+    sixth is global (RoPE base 1M scaled by `global_rope_scaling_factor`).
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        image_size,
+        num_layers,
+        num_query_heads,
+        num_key_value_heads,
+        hidden_dim,
+        intermediate_dim,
+        head_dim,
+        query_head_dim_normalize=True,
+        use_query_key_norm=True,
+        use_post_ffw_norm=False,
+        use_post_attention_norm=False,
+        attention_logit_soft_cap=None,
+        final_logit_soft_cap=None,
+        use_sliding_window_attention=False,
+        sliding_window_size=1024,
+        local_rope_scaling_factor=1.0,
+        global_rope_scaling_factor=1.0,
+        vision_encoder=None,
+        layer_norm_epsilon=1e-6,
+        dropout=0,
+        dtype=None,
+        **kwargs,
+    ):
+        self.token_embedding = keras.layers.ReversibleEmbedding(
+            input_dim=vocabulary_size,
+            output_dim=hidden_dim,
+            tie_weights=True,
+            embeddings_initializer=keras.initializers.VarianceScaling(
+                scale=1.0, mode="fan_in", distribution="untruncated_normal"
+            ),
+            logit_soft_cap=final_logit_soft_cap,
+            dtype=dtype,
+            name="token_embedding",
+        )
+        self.vision_encoder = vision_encoder
+        if vision_encoder is not None:
+            self.interleave_embeddings = Gemma3InterleaveEmbeddings(
+                vision_encoder.num_vision_tokens_per_image, dtype=dtype, name="interleave_embeddings"
+            )
+        self.transformer_layers = []
+        for i in range(num_layers):
+            local = use_sliding_window_attention and i % 6 < 5
+            self.transformer_layers.append(
+                Gemma3DecoderBlock(
+                    hidden_dim=hidden_dim,
+                    intermediate_dim=intermediate_dim,
+                    head_dim=head_dim,
+                    num_query_heads=num_query_heads,
+                    num_key_value_heads=num_key_value_heads,
+                    query_head_dim_normalize=query_head_dim_normalize,
+                    use_query_key_norm=use_query_key_norm,
+                    use_post_ffw_norm=use_post_ffw_norm,
+                    use_post_attention_norm=use_post_attention_norm,
+                    logit_soft_cap=attention_logit_soft_cap,
+                    use_sliding_window_attention=local,
+                    sliding_window_size=sliding_window_size,
+                    rope_wavelength=10_000.0 if local else 1_000_000.0,
+                    rope_scaling_factor=local_rope_scaling_factor if local else global_rope_scaling_factor,
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    dropout=dropout,
+                    dtype=dtype,
+                    name=f"decoder_block_{i}",
+                )
+            )
+        self.layer_norm = RMSNormalization(layer_norm_epsilon, dtype=dtype, name="final_normalization")
+
+        inputs = {
+            "token_ids": keras.Input(shape=(None,), dtype="int32", name="token_ids"),
+            "padding_mask": keras.Input(shape=(None,), dtype="int32", name="padding_mask"),
+        }
+        if vision_encoder is not None:
+            inputs["images"] = keras.Input(shape=(None, image_size, image_size, 3), name="images")
+            inputs["vision_indices"] = keras.Input(shape=(None,), dtype="int32", name="vision_indices")
+            inputs["vision_mask"] = keras.Input(shape=(None,), dtype="int32", name="vision_mask")
+        outputs = self._forward(inputs, hidden_dim, sliding_window_size)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+
+        self.vocabulary_size = vocabulary_size
+        self.image_size = image_size
+        self.num_layers = num_layers
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.head_dim = head_dim
+        self.query_head_dim_normalize = query_head_dim_normalize
+        self.use_query_key_norm = use_query_key_norm
+        self.use_post_ffw_norm = use_post_ffw_norm
+        self.use_post_attention_norm = use_post_attention_norm
+        self.attention_logit_soft_cap = attention_logit_soft_cap
+        self.final_logit_soft_cap = final_logit_soft_cap
+        self.use_sliding_window_attention = use_sliding_window_attention
+        self.sliding_window_size = sliding_window_size
+        self.local_rope_scaling_factor = local_rope_scaling_factor
+        self.global_rope_scaling_factor = global_rope_scaling_factor
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.dropout = dropout
+        self.text_only_model = vision_encoder is None
+        self.num_vision_tokens_per_image = (
+            0 if vision_encoder is None else vision_encoder.num_vision_tokens_per_image
+        )
+
+    def _forward(self, inputs, hidden_dim, sliding_window_size):
+        x = self.token_embedding(inputs["token_ids"])
+        # Only text embeddings are scaled; image embeddings go in as the vision encoder made them.
+        x = x * ops.cast(ops.sqrt(hidden_dim), x.dtype)
+        vision_mask = None
+        if self.vision_encoder is not None:
+            x = self.interleave_embeddings(
+                self.vision_encoder(inputs["images"]), x, inputs["vision_indices"]
+            )
+            vision_mask = inputs["vision_mask"]
+        masks = AttentionMasks(sliding_window_size, name="attention_masks")(inputs["padding_mask"], vision_mask)
+        for block in self.transformer_layers:
+            x = block(x, masks[1] if block.use_sliding_window_attention else masks[0])
+        return self.layer_norm(x)
+
+    def __call__(self, inputs, *args, **kwargs):
+        validate_inputs(
+            inputs,
+            self.vocabulary_size,
+            None if self.text_only_model else self.image_size,
+            self.num_vision_tokens_per_image,
+        )
+        return super().__call__(inputs, *args, **kwargs)
+
+    def default_lora_layer_names(self):
+        """Query and value projections of the decoder (`query`, `value`) and the vision tower (`*_proj`)."""
+        names = ["query", "value"]
+        return names if self.text_only_model else names + ["query_proj", "value_proj"]
+
+    def enable_lora(self, rank, target_names=None):
+        """Freezes the backbone and adds rank-`rank` LoRA adapters (Keras' own) to the named projections."""
+        target_names = target_names or self.default_lora_layer_names()
+        self.trainable = True
+        layers = list(self._flatten_layers(include_self=False))
+        for layer in layers:
+            layer.trainable = False
+        enabled = [layer for layer in layers if layer.name in target_names and hasattr(layer, "enable_lora")]
+        if not enabled:
+            raise ValueError(f"`target_names` {list(target_names)} match no layer that supports LoRA.")
+        for layer in enabled:
+            layer.trainable = True
+            layer.enable_lora(rank)
+        self.lora_rank = rank
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "vocabulary_size": self.vocabulary_size,
+            "image_size": self.image_size,
+            "num_layers": self.num_layers,
+            "num_query_heads": self.num_query_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "head_dim": self.head_dim,
+            "query_head_dim_normalize": self.query_head_dim_normalize,
+            "use_query_key_norm": self.use_query_key_norm,
+            "use_post_ffw_norm": self.use_post_ffw_norm,
+            "use_post_attention_norm": self.use_post_attention_norm,
+            "attention_logit_soft_cap": self.attention_logit_soft_cap,
+            "final_logit_soft_cap": self.final_logit_soft_cap,
+            "use_sliding_window_attention": self.use_sliding_window_attention,
+            "sliding_window_size": self.sliding_window_size,
+            "local_rope_scaling_factor": self.local_rope_scaling_factor,
+            "global_rope_scaling_factor": self.global_rope_scaling_factor,
+            "vision_encoder": None if self.vision_encoder is None else keras.layers.serialize(self.vision_encoder),
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("vision_encoder") is not None:
+            config["vision_encoder"] = keras.layers.deserialize(config["vision_encoder"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="gemma3_tf")
+class AttentionMasks(keras.layers.Layer):
+    """Computes the (global, local) attention masks [B, T, T] once for all decoder blocks."""
+
+    def __init__(self, sliding_window_size, **kwargs):
+        super().__init__(**kwargs)
+        self.sliding_window_size = sliding_window_size
+
+    def call(self, padding_mask, vision_mask=None):
+        length = ops.shape(padding_mask)[1]
+        return (
+            compute_attention_mask(padding_mask, length, vision_mask=vision_mask),
+            compute_attention_mask(
+                padding_mask, length, vision_mask=vision_mask, sliding_window_size=self.sliding_window_size
+            ),
+        )
+
+    def compute_output_spec(self, padding_mask, vision_mask=None):
+        shape = (padding_mask.shape[0], padding_mask.shape[1], padding_mask.shape[1])
+        return keras.KerasTensor(shape, "bool"), keras.KerasTensor(shape, "bool")
+
+    def get_config(self):
+        return {**super().get_config(), "sliding_window_size": self.sliding_window_size}

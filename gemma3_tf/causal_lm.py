@@ -1,0 +1,47 @@
+import keras
+
+from gemma3_tf.backbone import Gemma3Backbone
+from gemma3_tf.input_validation import validate_inputs
+
+
+@keras.saving.register_keras_serializable(package="gemma3_tf")
+class Gemma3CausalLM(keras.Model):
+    """Gemma 3 language model head: the backbone's hidden states times the tied embedding.
+
+    Called on the backbone's inputs it returns logits [B, T, vocabulary_size],
+    with the final logit soft cap applied when the backbone has one.
+    """
+
+    def __init__(self, backbone, preprocessor=None, **kwargs):
+        inputs = backbone.input
+        hidden_states = backbone(inputs)
+        logits = backbone.token_embedding(hidden_states, reverse=True)
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+
+    def __call__(self, inputs, *args, **kwargs):
+        backbone = self.backbone
+        validate_inputs(
+            inputs,
+            backbone.vocabulary_size,
+            None if backbone.text_only_model else backbone.image_size,
+            backbone.num_vision_tokens_per_image,
+        )
+        return super().__call__(inputs, *args, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.layers.serialize(self.backbone),
+            "preprocessor": None if self.preprocessor is None else keras.layers.serialize(self.preprocessor),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        if config.get("preprocessor") is not None:
+            config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
+        return cls(**config)
