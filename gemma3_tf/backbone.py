@@ -167,7 +167,9 @@ class Gemma3Backbone(keras.Model):
             raise ValueError(f"`target_names` {list(target_names)} match no layer that supports LoRA.")
         for layer in enabled:
             layer.trainable = True
-            layer.enable_lora(rank)
+            layer.enable_lora(rank)  # freezes the kernel
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.trainable = False
         self.lora_rank = rank
 
     def get_config(self):

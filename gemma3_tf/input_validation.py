@@ -17,6 +17,11 @@ def _shape(value):
     return tuple(shape) if shape is not None else np.shape(value)
 
 
+def _compatible(shape, expected):
+    """Equal where both are known (None is a dynamic dimension)."""
+    return all(a is None or b is None or a == b for a, b in zip(shape, expected))
+
+
 def _dtype_kind(value):
     dtype = getattr(value, "dtype", None)
     if dtype is None:
@@ -68,7 +73,7 @@ def validate_inputs(inputs, vocabulary_size, image_size=None, num_vision_tokens_
         shapes["vision_mask"] = _check("vision_mask", inputs["vision_mask"], 2, "iub", "an int or bool tensor")
         image_shape = _check("images", inputs["images"], 5, "f", "a float tensor scaled to [-1, 1]")
         index_shape = _check("vision_indices", inputs["vision_indices"], 2, "iu", "an integer tensor")
-        if image_shape[2:] != (image_size, image_size, 3):
+        if not _compatible(image_shape[2:], (image_size, image_size, 3)):
             raise ValueError(
                 f"`images` must have shape [batch, num_images, {image_size}, {image_size}, 3]; got {image_shape}."
             )
@@ -81,7 +86,7 @@ def validate_inputs(inputs, vocabulary_size, image_size=None, num_vision_tokens_
         shapes["images (batch)"] = image_shape[:1] + token_shape[1:]
         shapes["vision_indices (batch)"] = index_shape[:1] + token_shape[1:]
     for field, shape in shapes.items():
-        if any(a is not None and b is not None and a != b for a, b in zip(shape, token_shape)):
+        if not _compatible(shape, token_shape):
             raise ValueError(f"`{field}` must match `token_ids` of shape {token_shape}; got shape {shape}.")
 
     _check_values(inputs, vocabulary_size, image_size)

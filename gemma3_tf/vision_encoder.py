@@ -12,6 +12,7 @@ from keras import ops
 from gemma3_tf.layers.rms_normalization import RMSNormalization
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3VisionEncoder(keras.Model):
     """Images [B, N, S, S, 3] in [-1, 1] -> image embeddings [B * N, num_vision_tokens_per_image, output_dim]."""
 
@@ -85,6 +86,7 @@ class Gemma3VisionEncoder(keras.Model):
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3VisionEncoderBlock(keras.layers.Layer):
     """Patch embedding + position embedding, pre-norm ViT blocks, final LayerNorm. [B, N, S, S, 3] -> [B*N, patches, W]."""
 
@@ -139,6 +141,7 @@ class Gemma3VisionEncoderBlock(keras.layers.Layer):
         }
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3VisionEmbedding(keras.layers.Layer):
     """Conv2D patchify (kernel = stride = patch_size) plus a learned embedding per patch position."""
 
@@ -170,6 +173,7 @@ class Gemma3VisionEmbedding(keras.layers.Layer):
                 "hidden_dim": self.hidden_dim}
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3VisionAttention(keras.layers.Layer):
     """Bidirectional multi-head self-attention over the patches of one image."""
 
@@ -203,6 +207,7 @@ class Gemma3VisionAttention(keras.layers.Layer):
         return {**super().get_config(), "hidden_dim": self.hidden_dim, "num_heads": self.num_heads}
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3VisionEncoderLayer(keras.layers.Layer):
     """Pre-LayerNorm ViT block: x + attn(ln1(x)), then x + mlp(ln2(x)) with tanh-GELU."""
 
@@ -241,6 +246,7 @@ class Gemma3VisionEncoderLayer(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon}
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3VisionAveragePooling(keras.layers.Layer):
     """Average-pools the patch grid by `pool_size`: [B, (S/p)^2, W] -> [B, (S/p/pool)^2, W]."""
 
@@ -267,6 +273,7 @@ class Gemma3VisionAveragePooling(keras.layers.Layer):
                 "pool_size": self.pool_size}
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3VisionOutput(keras.layers.Layer):
     """RMSNorm (1 + w) and a bias-free projection of the pooled patches to the text width."""
 

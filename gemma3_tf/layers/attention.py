@@ -7,6 +7,7 @@ from gemma3_tf.layers.rms_normalization import RMSNormalization
 from gemma3_tf.layers.rotary_embedding import apply_rotary_embedding
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3Attention(keras.layers.Layer):
     """Grouped-query attention with Q/K RMSNorm, RoPE, logit soft cap and a KV cache.
 

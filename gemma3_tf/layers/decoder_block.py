@@ -4,6 +4,7 @@ from gemma3_tf.layers.attention import Gemma3Attention
 from gemma3_tf.layers.rms_normalization import RMSNormalization
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3DecoderBlock(keras.layers.Layer):
     """One transformer layer: norm -> attention -> [norm] -> +, norm -> gated GELU MLP -> [norm] -> +.
 

@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3InterleaveEmbeddings(keras.layers.Layer):
     """Writes image embeddings into the text embedding sequence at `vision_indices`.
 

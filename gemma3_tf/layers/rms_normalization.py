@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class RMSNormalization(keras.layers.Layer):
     """Gemma's RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + scale)`.
 

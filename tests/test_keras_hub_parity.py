@@ -1,0 +1,61 @@
+"""Our backbone and causal LM against keras-hub 0.32's Gemma 3 with the same random weights (float32)."""
+
+import keras_hub
+import numpy as np
+import pytest
+
+import gemma3_tf
+from keras_hub_oracle import TEXT_CONFIG, build_pair, text_inputs, vision_inputs
+
+TOLERANCE = 1e-4
+
+
+def assert_close(reference, ours, inputs):
+    """Hidden states and logits agree at every valid position."""
+    valid = inputs["padding_mask"].astype(bool)
+    expected, actual = np.asarray(reference(inputs)), np.asarray(ours(inputs))
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected)[valid].max() <= TOLERANCE
+    expected_logits = np.asarray(keras_hub.models.Gemma3CausalLM(backbone=reference, preprocessor=None)(inputs))
+    actual_logits = np.asarray(gemma3_tf.Gemma3CausalLM(ours)(inputs))
+    assert np.abs(actual_logits - expected_logits)[valid].max() <= TOLERANCE
+    # The caps must be in force for the comparison to mean something.
+    assert np.abs(actual_logits).max() <= TEXT_CONFIG["final_logit_soft_cap"]
+    assert np.abs(actual_logits).max() > 0.5 * TEXT_CONFIG["final_logit_soft_cap"]
+
+
+def test_text_only_soft_caps_sliding_window_and_rope_scaling(tmp_path):
+    reference, ours = build_pair(tmp_path)
+    assert_close(reference, ours, text_inputs(batch=3, length=12))
+
+
+def test_text_only_without_sliding_window_or_post_norms(tmp_path):
+    config = dict(TEXT_CONFIG, use_sliding_window_attention=False, use_post_ffw_norm=False,
+                  use_post_attention_norm=False, attention_logit_soft_cap=None)
+    reference, ours = build_pair(tmp_path, config, seed=3)
+    inputs = text_inputs(batch=2, length=9)
+    expected, actual = np.asarray(reference(inputs)), np.asarray(ours(inputs))
+    assert np.abs(actual - expected)[inputs["padding_mask"].astype(bool)].max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("images_per_row", [(1, 1), (2, 1, 2)], ids=["one_image", "two_images_padded"])
+def test_vision_and_text(tmp_path, images_per_row):
+    reference, ours = build_pair(tmp_path, vision=True, seed=4)
+    assert_close(reference, ours, vision_inputs(images_per_row))
+
+
+def test_vision_model_with_zero_images(tmp_path):
+    reference, ours = build_pair(tmp_path, vision=True, seed=5)
+    inputs = vision_inputs((0, 0))
+    assert inputs["images"].shape[1] == 0 and inputs["vision_indices"].shape == (2, 0)
+    assert_close(reference, ours, inputs)
+
+
+def test_keras_hub_loads_our_weights(tmp_path):
+    reference, ours = build_pair(tmp_path, vision=True, seed=6)
+    for weight in ours.weights:  # new values, so that the load is seen to happen
+        weight.assign(weight.numpy() * 0.5 + 0.01)
+    ours.save_weights(str(tmp_path / "ours.weights.h5"))
+    reference.load_weights(str(tmp_path / "ours.weights.h5"))
+    inputs = vision_inputs((1, 2))
+    np.testing.assert_allclose(np.asarray(reference(inputs)), np.asarray(ours(inputs)), atol=TOLERANCE)
