@@ -24,3 +24,15 @@ def gguf_path(tmp_path_factory):
 def hf_reference_270m():
     """HF transformers outputs for the real 270M; see tests/data/README.md for how they were made."""
     return json.loads((DATA_DIR / "hf_reference_270m.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def real_causal_lm(gguf_path):
+    """Gemma3CausalLM with the real 270M weights (float32), dequantized once per test session."""
+    import gemma3_tf
+    from gemma3_tf.checkpoints import gguf
+
+    reader = gguf.open_gguf(gguf_path)
+    backbone = gemma3_tf.Gemma3Backbone(**gguf.backbone_config(reader))
+    gguf.load_weights(backbone, reader, progress=False)
+    return gemma3_tf.Gemma3CausalLM(backbone)

@@ -1,0 +1,152 @@
+"""Gemma 3 text weights from a llama.cpp GGUF file, dequantized to float32 with the `gguf` package.
+
+llama.cpp stores matrices as (out, in) after dequantization, norms as `1 + w`
+(it folds Gemma's `1 +` into the weight), no output projection (tied) and
+neither the local RoPE base nor the query scale: those come from Gemma 3's
+fixed design, as in llama.cpp itself.
+"""
+
+import os
+
+import gguf
+import numpy as np
+from tqdm.auto import tqdm
+
+ARCHITECTURE = "gemma3"
+
+# GGUF block tensor -> (our weight under decoder_block_{i}/, layout conversion)
+_BLOCK_TENSORS = {
+    "attn_norm": ("pre_attention_norm/scale", "norm"),
+    "attn_q": ("attention/query/kernel", "heads_in"),
+    "attn_k": ("attention/key/kernel", "heads_in"),
+    "attn_v": ("attention/value/kernel", "heads_in"),
+    "attn_q_norm": ("attention/query_norm/scale", "norm"),
+    "attn_k_norm": ("attention/key_norm/scale", "norm"),
+    "attn_output": ("attention/attention_output/kernel", "heads_out"),
+    "post_attention_norm": ("post_attention_norm/scale", "norm"),
+    "ffn_norm": ("pre_ffw_norm/scale", "norm"),
+    "ffn_gate": ("ffw_gating/kernel", "transpose"),
+    "ffn_up": ("ffw_gating_2/kernel", "transpose"),
+    "ffn_down": ("ffw_linear/kernel", "transpose"),
+    "post_ffw_norm": ("post_ffw_norm/scale", "norm"),
+}
+
+
+def open_gguf(path):
+    """A `gguf.GGUFReader` for `path`, with clear errors for missing, truncated or foreign files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as error:  # gguf raises ValueError/IndexError/struct errors on a damaged file
+        raise ValueError(f"{path} is not a readable GGUF file (truncated or corrupt?): {error}") from error
+    architecture = _field(reader, "general.architecture")
+    if architecture != ARCHITECTURE:
+        raise ValueError(
+            f"{path}: GGUF architecture `general.architecture` is {architecture!r}; only {ARCHITECTURE!r} "
+            "(Gemma 3 text) is supported."
+        )
+    return reader
+
+
+def _field(reader, key, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def backbone_config(reader):
+    """Gemma3Backbone constructor arguments read from the GGUF metadata."""
+    prefix = ARCHITECTURE + "."
+
+    def required(key):
+        value = _field(reader, prefix + key)
+        if value is None:
+            raise ValueError(f"GGUF metadata lacks `{prefix + key}`, needed for the model configuration.")
+        return value
+
+    num_layers = int(required("block_count"))
+    hidden_dim = int(required("embedding_length"))
+    num_query_heads = int(required("attention.head_count"))
+    head_dim = int(_field(reader, prefix + "attention.key_length", hidden_dim // num_query_heads))
+    return dict(
+        vocabulary_size=len(reader.fields["tokenizer.ggml.tokens"].data),
+        image_size=896,
+        num_layers=num_layers,
+        num_query_heads=num_query_heads,
+        num_key_value_heads=int(required("attention.head_count_kv")),
+        hidden_dim=hidden_dim,
+        intermediate_dim=int(required("feed_forward_length")),
+        head_dim=head_dim,
+        # llama.cpp's rule: only the 62-layer 27B scales queries by hidden / heads.
+        query_head_dim_normalize=num_layers != 62,
+        use_query_key_norm=True,
+        use_post_ffw_norm=True,
+        use_post_attention_norm=True,
+        use_sliding_window_attention=True,
+        sliding_window_size=int(required("attention.sliding_window")),
+        local_rope_scaling_factor=1.0,
+        global_rope_scaling_factor=float(_field(reader, prefix + "rope.scaling.factor", 1.0)),
+        layer_norm_epsilon=float(_field(reader, prefix + "attention.layer_norm_rms_epsilon", 1e-6)),
+    )
+
+
+def _convert(array, layout, target_shape):
+    if layout == "norm":
+        return array - 1.0
+    if layout == "transpose":
+        return array.T
+    if layout == "heads_in":  # (heads * head_dim, hidden) -> (heads, hidden, head_dim)
+        heads, hidden, head_dim = target_shape
+        return array.reshape(heads, head_dim, hidden).transpose(0, 2, 1)
+    if layout == "heads_out":  # (hidden, heads * head_dim) -> (heads, head_dim, hidden)
+        heads, head_dim, hidden = target_shape
+        return array.reshape(hidden, heads, head_dim).transpose(1, 2, 0)
+    return array
+
+
+def _target(name):
+    """Our weight path and layout conversion for a GGUF tensor name, or None if we do not use it."""
+    if name == "token_embd.weight":
+        return "token_embedding/embeddings", "none"
+    if name == "output_norm.weight":
+        return "final_normalization/scale", "norm"
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _BLOCK_TENSORS:
+        path, layout = _BLOCK_TENSORS[parts[2]]
+        return f"decoder_block_{parts[1]}/{path}", layout
+    return None
+
+
+def load_weights(backbone, reader, progress=True):
+    """Dequantizes every tensor of `reader` into `backbone`; all weights must be covered exactly once."""
+    variables = {variable.path: variable for variable in backbone.weights}
+    loaded = set()
+    for tensor in tqdm(reader.tensors, desc="Dequantizing GGUF", unit="tensor", disable=not progress):
+        target = _target(tensor.name)
+        if target is None:
+            raise ValueError(f"GGUF tensor `{tensor.name}` has no place in a Gemma 3 text model.")
+        path, layout = target
+        if path not in variables:
+            raise ValueError(
+                f"GGUF tensor `{tensor.name}` maps to `{path}`, which this model does not have "
+                f"(the configuration has {backbone.num_layers} layers)."
+            )
+        try:
+            array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        except NotImplementedError as error:
+            raise ValueError(
+                f"GGUF tensor `{tensor.name}` uses quantization {tensor.tensor_type.name}, "
+                f"which the gguf package cannot dequantize: {error}"
+            ) from error
+        variable = variables[path]
+        array = _convert(np.asarray(array, "float32"), layout, tuple(variable.shape))
+        if tuple(array.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"GGUF tensor `{tensor.name}` has shape {tuple(array.shape)} after conversion; "
+                f"`{path}` expects {tuple(variable.shape)}."
+            )
+        variable.assign(array)
+        loaded.add(path)
+    missing = sorted(set(variables) - loaded)
+    if missing:
+        raise ValueError(f"The GGUF file lacks {len(missing)} weights of the model, e.g. {missing[:3]}.")
