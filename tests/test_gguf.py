@@ -22,8 +22,8 @@ def test_real_270m_logits_match_hf_transformers(real_causal_lm, hf_reference_270
 
 
 @pytest.mark.slow
-def test_real_270m_config_from_metadata(gguf_path):
-    config = gguf.backbone_config(gguf.open_gguf(gguf_path))
+def test_real_270m_config_from_metadata(gguf_reader):
+    config = gguf.backbone_config(gguf_reader)
     expected = {"vocabulary_size": 262144, "num_layers": 18, "num_query_heads": 4, "num_key_value_heads": 1,
                 "hidden_dim": 640, "intermediate_dim": 2048, "head_dim": 256, "sliding_window_size": 512,
                 "query_head_dim_normalize": True, "global_rope_scaling_factor": 1.0}

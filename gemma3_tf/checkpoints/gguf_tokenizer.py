@@ -12,10 +12,10 @@ whitespace folding or removal.
 
 import os
 
-import gguf
 import numpy as np
 
-from gemma3_tf.tokenizer import ModelProto
+from gemma3_tf.checkpoints.gguf import open_gguf
+from gemma3_tf.sentencepiece_model import ModelProto
 
 SPACE_SYMBOL = "\u2581"  # '▁', SentencePiece's escaped space
 _PIECE = ModelProto.SentencePiece
@@ -65,7 +65,7 @@ def sentencepiece_proto_from_gguf(reader_or_path):
     """
     reader = reader_or_path
     if isinstance(reader_or_path, (str, os.PathLike)):
-        reader = gguf.GGUFReader(reader_or_path)
+        reader = open_gguf(os.fspath(reader_or_path))
     architecture = _scalar(reader, "general.architecture", required=False)
     if architecture is not None and not str(architecture).startswith("gemma"):
         raise ValueError(f"GGUF field `general.architecture`: expected a Gemma model "
