@@ -141,13 +141,17 @@ class Gemma3Backbone(keras.Model):
             x = block(x, masks[1] if block.use_sliding_window_attention else masks[0])
         return self.layer_norm(x)
 
-    def __call__(self, inputs, *args, **kwargs):
+    def validate_inputs(self, inputs):
+        """Raises a ValueError that names the field when `inputs` do not fit this model."""
         validate_inputs(
             inputs,
             self.vocabulary_size,
             None if self.text_only_model else self.image_size,
             self.num_vision_tokens_per_image,
         )
+
+    def __call__(self, inputs, *args, **kwargs):
+        self.validate_inputs(inputs)
         return super().__call__(inputs, *args, **kwargs)
 
     def default_lora_layer_names(self):

@@ -1,8 +1,5 @@
 import keras
 
-from gemma3_tf.backbone import Gemma3Backbone
-from gemma3_tf.input_validation import validate_inputs
-
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3CausalLM(keras.Model):
@@ -21,13 +18,8 @@ class Gemma3CausalLM(keras.Model):
         self.preprocessor = preprocessor
 
     def __call__(self, inputs, *args, **kwargs):
-        backbone = self.backbone
-        validate_inputs(
-            inputs,
-            backbone.vocabulary_size,
-            None if backbone.text_only_model else backbone.image_size,
-            backbone.num_vision_tokens_per_image,
-        )
+        # Before Functional's own input handling, whose errors do not name the field.
+        self.backbone.validate_inputs(inputs)
         return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self):
