@@ -47,8 +47,8 @@ def main():
         "gemma3-tf": gemma3_tf.Gemma3CausalLM(models["gemma3-tf"]),
         "keras-hub 0.32": keras_hub.models.Gemma3CausalLM(backbone=models["keras-hub 0.32"], preprocessor=None),
     }
-    print(f"| implementation | tokens | backbone s | causal LM s |")
-    print(f"|---|---|---|---|")
+    print("| implementation | tokens | backbone s | causal LM s |")
+    print("|---|---|---|---|")
     for length in args.lengths:
         inputs = {
             "token_ids": tf.ones((1, length), "int32"),

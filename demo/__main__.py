@@ -66,8 +66,7 @@ def main():
     tokenizer = stages.run(tokenizer)
 
     def model():
-        backbone = gemma3_tf.Gemma3Backbone(**gguf.backbone_config(reader))
-        gguf.load_weights(backbone, reader)
+        backbone = gguf.load_backbone(reader)
         return gemma3_tf.Gemma3CausalLM(backbone), f"{backbone.count_params():,} parameters, float32"
 
     causal_lm = stages.run(model)

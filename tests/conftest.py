@@ -49,7 +49,4 @@ def real_causal_lm(gguf_reader):
     import gemma3_tf
     from gemma3_tf.checkpoints import gguf
 
-    reader = gguf_reader
-    backbone = gemma3_tf.Gemma3Backbone(**gguf.backbone_config(reader))
-    gguf.load_weights(backbone, reader, progress=False)
-    return gemma3_tf.Gemma3CausalLM(backbone)
+    return gemma3_tf.Gemma3CausalLM(gguf.load_backbone(gguf_reader, progress=False))

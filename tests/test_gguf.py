@@ -67,9 +67,7 @@ def write_tiny_gguf(path, architecture="gemma3", layers=1, hidden=8, drop=None):
 
 def load(path):
     reader = gguf.open_gguf(path)
-    backbone = gemma3_tf.Gemma3Backbone(**gguf.backbone_config(reader))
-    gguf.load_weights(backbone, reader, progress=False)
-    return backbone, reader
+    return gguf.load_backbone(reader, progress=False), reader
 
 
 def test_tiny_gguf_layouts(tmp_path):

@@ -12,6 +12,8 @@ import gguf
 import numpy as np
 from tqdm.auto import tqdm
 
+from gemma3_tf.backbone import Gemma3Backbone
+
 ARCHITECTURE = "gemma3"
 
 # GGUF block tensor -> (our weight under decoder_block_{i}/, layout conversion)
@@ -150,3 +152,10 @@ def load_weights(backbone, reader, progress=True):
     missing = sorted(set(variables) - loaded)
     if missing:
         raise ValueError(f"The GGUF file lacks {len(missing)} weights of the model, e.g. {missing[:3]}.")
+
+
+def load_backbone(reader, progress=True):
+    """A float32 Gemma3Backbone configured from the GGUF metadata and holding its weights."""
+    backbone = Gemma3Backbone(**backbone_config(reader))
+    load_weights(backbone, reader, progress=progress)
+    return backbone
