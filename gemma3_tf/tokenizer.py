@@ -14,6 +14,9 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 from google.protobuf import message
 
+from gemma3_tf import checkpoints
+from gemma3_tf.checkpoints import keras_preset
+from gemma3_tf.presets import PRESETS
 from gemma3_tf.sentencepiece_model import PIECE as _PIECE
 from gemma3_tf.sentencepiece_model import ModelProto
 
@@ -103,6 +106,8 @@ class Gemma3Tokenizer(keras.layers.Layer):
         sequence_length: if set, outputs are dense with this last dimension.
         has_vision_tokens: require the image tokens; without, their ids are -1 (keras-hub's rule).
     """
+
+    presets = PRESETS
 
     def __init__(self, proto=None, sequence_length=None, has_vision_tokens=True, dtype="int32",
                  **kwargs):
@@ -261,3 +266,19 @@ class Gemma3Tokenizer(keras.layers.Layer):
 
     def load_assets(self, dir_path):
         self.set_proto(os.path.join(dir_path, VOCAB_FILENAME))
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """The tokenizer of any checkpoint `Gemma3Backbone.from_preset` reads; `kwargs` go to the constructor.
+
+        `has_vision_tokens` defaults to whether the vocabulary has the image pieces.
+        """
+        proto = checkpoints.open_checkpoint(preset).tokenizer_proto()
+        if "has_vision_tokens" not in kwargs:
+            pieces = {piece.piece for piece in ModelProto.FromString(proto).pieces}
+            kwargs["has_vision_tokens"] = set(VISION_TOKENS.values()) <= pieces
+        return cls(proto, **kwargs)
+
+    def save_to_preset(self, preset_dir):
+        """Writes `tokenizer.json` and `assets/tokenizer/vocabulary.spm` as keras-hub does."""
+        keras_preset.save_tokenizer(self, preset_dir)

@@ -53,7 +53,9 @@ class Gemma3VisionEncoder(keras.Model):
         x = Gemma3VisionOutput(
             output_dim=output_dim, layer_norm_epsilon=layer_norm_epsilon, dtype=dtype, name="vision_output_encoder"
         )(x)
-        super().__init__(inputs=images, outputs=x, dtype=dtype, **kwargs)
+        super().__init__(inputs=images, outputs=x, **kwargs)
+        if dtype is not None:  # Functional models leave their own policy at the global default
+            self.dtype_policy = keras.dtype_policies.get(dtype)
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_heads = num_heads

@@ -4,12 +4,45 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import io
 import json
 import pathlib
 
 import pytest
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
+
+TINY_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world, hello tokenizer!",
+    "def f(x):\n    return x * 2\n",
+    "Gemma is a family of open models.",
+    "Numbers 12345 and 67890.",
+    "你好世界",
+    "   indented   text   ",
+    "tabs\tand\nnewlines\n\n",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_proto():
+    """A tiny SentencePiece model trained here with Gemma's layout: special ids 0-3, CONTROL turn
+    markers, USER_DEFINED image and whitespace pieces, byte fallback, identity normaliser."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TINY_CORPUS * 4), model_writer=model, model_type="bpe",
+        vocab_size=400, hard_vocab_limit=False, byte_fallback=True, split_digits=True,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        control_symbols=["<start_of_turn>", "<end_of_turn>"],
+        user_defined_symbols=["<start_of_image>", "<end_of_image>", "<img>", "▁▁", "▁▁▁", "\n"],
+        normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        minloglevel=2, num_threads=1,
+    )
+    return model.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -27,26 +60,29 @@ def hf_reference_270m():
 
 
 @pytest.fixture(scope="session")
-def gguf_reader(gguf_path):
+def gguf_checkpoint(gguf_path):
     """The real 270M GGUF, parsed once per test session (~15 s: 262k tokenizer pieces)."""
     from gemma3_tf.checkpoints import gguf
 
-    return gguf.open_gguf(gguf_path)
+    return gguf.GGUFCheckpoint(gguf_path)
 
 
 @pytest.fixture(scope="session")
-def real_tokenizer(gguf_reader):
+def gguf_reader(gguf_checkpoint):
+    return gguf_checkpoint.reader
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(gguf_checkpoint):
     """Gemma3Tokenizer with the real vocabulary, rebuilt from the GGUF metadata."""
     from gemma3_tf import Gemma3Tokenizer
-    from gemma3_tf.checkpoints.gguf_tokenizer import sentencepiece_proto_from_gguf
 
-    return Gemma3Tokenizer(sentencepiece_proto_from_gguf(gguf_reader))
+    return Gemma3Tokenizer.from_preset(gguf_checkpoint)
 
 
 @pytest.fixture(scope="session")
-def real_causal_lm(gguf_reader):
+def real_causal_lm(gguf_checkpoint):
     """Gemma3CausalLM with the real 270M weights (float32), dequantized once per test session."""
     import gemma3_tf
-    from gemma3_tf.checkpoints import gguf
 
-    return gemma3_tf.Gemma3CausalLM(gguf.load_backbone(gguf_reader, progress=False))
+    return gemma3_tf.Gemma3CausalLM.from_preset(gguf_checkpoint, progress=False)

@@ -66,8 +66,8 @@ def write_tiny_gguf(path, architecture="gemma3", layers=1, hidden=8, drop=None):
 
 
 def load(path):
-    reader = gguf.open_gguf(path)
-    return gguf.load_backbone(reader, progress=False), reader
+    checkpoint = gguf.GGUFCheckpoint(path)
+    return gemma3_tf.Gemma3Backbone.from_preset(checkpoint, progress=False), checkpoint.reader
 
 
 def test_tiny_gguf_layouts(tmp_path):

@@ -4,19 +4,24 @@ import pytest
 import tensorflow as tf
 
 import gemma3_tf
-from gemma3_tf.presets import PRESETS, VISION_ENCODER
+from gemma3_tf.presets import PRESETS
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_parameter_count(name):
-    preset = PRESETS[name]
     # Inside a graph, variables are declared but never allocated: 27B builds in well under 1 GB.
     with tf.Graph().as_default():
-        vision_encoder = (
-            gemma3_tf.Gemma3VisionEncoder(**VISION_ENCODER, output_dim=preset["backbone"]["hidden_dim"])
-            if preset["vision"] else None
-        )
-        backbone = gemma3_tf.Gemma3Backbone(**preset["backbone"], vision_encoder=vision_encoder)
+        backbone = gemma3_tf.Gemma3Backbone.from_preset(name, load_weights=False)
         count = backbone.count_params()
-    assert abs(count / preset["params"] - 1) <= 0.005, (count, preset["params"])
+    assert abs(count / PRESETS[name]["params"] - 1) <= 0.005, (count, PRESETS[name]["params"])
+    assert (backbone.vision_encoder is not None) == PRESETS[name]["vision"]
+
+
+def test_every_class_lists_the_presets():
+    expected = {"gemma3_1b", "gemma3_instruct_1b", "gemma3_4b_text", "gemma3_instruct_4b_text", "gemma3_4b",
+                "gemma3_instruct_4b", "gemma3_12b_text", "gemma3_instruct_12b_text", "gemma3_12b",
+                "gemma3_instruct_12b", "gemma3_27b_text", "gemma3_instruct_27b_text", "gemma3_27b",
+                "gemma3_instruct_27b", "gemma3_270m", "gemma3_instruct_270m"}
+    for cls in (gemma3_tf.Gemma3Backbone, gemma3_tf.Gemma3CausalLM, gemma3_tf.Gemma3Tokenizer):
+        assert set(cls.presets) == expected

@@ -6,7 +6,6 @@ normaliser). Slow tests rebuild the real vocabulary from the 270M GGUF and compa
 transformers' ids recorded in tests/data (see tests/data/README.md).
 """
 
-import io
 import json
 import pathlib
 
@@ -15,21 +14,12 @@ import pytest
 import sentencepiece as spm
 import tensorflow as tf
 
+from gemma3_tf.checkpoints.gguf import open_gguf
 from gemma3_tf.checkpoints.gguf_tokenizer import sentencepiece_proto_from_gguf
 from gemma3_tf.sentencepiece_model import ModelProto
 from gemma3_tf.tokenizer import Gemma3Tokenizer
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Hello world, hello tokenizer!",
-    "def f(x):\n    return x * 2\n",
-    "Gemma is a family of open models.",
-    "Numbers 12345 and 67890.",
-    "你好世界",
-    "   indented   text   ",
-    "tabs\tand\nnewlines\n\n",
-]
 TEXTS = [
     "Hello world",
     "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
@@ -42,25 +32,9 @@ TEXTS = [
 ]
 
 
-def _train_proto():
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 4), model_writer=model, model_type="bpe",
-        vocab_size=400, hard_vocab_limit=False, byte_fallback=True, split_digits=True,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-        control_symbols=["<start_of_turn>", "<end_of_turn>"],
-        user_defined_symbols=["<start_of_image>", "<end_of_image>", "<img>", "▁▁", "▁▁▁", "\n"],
-        normalization_rule_name="identity", add_dummy_prefix=False,
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        minloglevel=2, num_threads=1,
-    )
-    return model.getvalue()
-
-
 @pytest.fixture(scope="module")
-def proto():
-    return _train_proto()
+def proto(tiny_proto):
+    return tiny_proto
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +238,7 @@ def _write_gguf(path, pieces, **overrides):
 def test_proto_from_gguf_undoes_llama_cpp_changes(proto, reference, tmp_path):
     original = ModelProto.FromString(proto)
     path = _write_gguf(tmp_path / "tiny.gguf", original.pieces)
-    rebuilt = ModelProto.FromString(sentencepiece_proto_from_gguf(path))
+    rebuilt = ModelProto.FromString(sentencepiece_proto_from_gguf(open_gguf(path)))
     assert [(p.piece, p.type) for p in rebuilt.pieces] == [
         (p.piece, p.type) for p in original.pieces]
     assert rebuilt.pieces[3].type == ModelProto.SentencePiece.UNKNOWN
@@ -295,7 +269,7 @@ def test_proto_from_gguf_undoes_llama_cpp_changes(proto, reference, tmp_path):
 def test_proto_from_gguf_rejects_other_tokenizers(proto, tmp_path, overrides, message):
     path = _write_gguf(tmp_path / "other.gguf", ModelProto.FromString(proto).pieces, **overrides)
     with pytest.raises(ValueError, match=message):
-        sentencepiece_proto_from_gguf(path)
+        sentencepiece_proto_from_gguf(open_gguf(path))
 
 
 # ------------------------------------------------- slow tests: the real Gemma 3 vocabulary

@@ -12,25 +12,26 @@ import gguf
 import numpy as np
 from tqdm.auto import tqdm
 
-from gemma3_tf.backbone import Gemma3Backbone
+from gemma3_tf.checkpoints import layouts
+from gemma3_tf.checkpoints.gguf_tokenizer import sentencepiece_proto_from_gguf
 
 ARCHITECTURE = "gemma3"
 
 # GGUF block tensor -> (our weight under decoder_block_{i}/, layout conversion)
 _BLOCK_TENSORS = {
-    "attn_norm": ("pre_attention_norm/scale", "norm"),
-    "attn_q": ("attention/query/kernel", "heads_in"),
-    "attn_k": ("attention/key/kernel", "heads_in"),
-    "attn_v": ("attention/value/kernel", "heads_in"),
-    "attn_q_norm": ("attention/query_norm/scale", "norm"),
-    "attn_k_norm": ("attention/key_norm/scale", "norm"),
-    "attn_output": ("attention/attention_output/kernel", "heads_out"),
-    "post_attention_norm": ("post_attention_norm/scale", "norm"),
-    "ffn_norm": ("pre_ffw_norm/scale", "norm"),
-    "ffn_gate": ("ffw_gating/kernel", "transpose"),
-    "ffn_up": ("ffw_gating_2/kernel", "transpose"),
-    "ffn_down": ("ffw_linear/kernel", "transpose"),
-    "post_ffw_norm": ("post_ffw_norm/scale", "norm"),
+    "attn_norm": ("pre_attention_norm/scale", layouts.PLUS_ONE),
+    "attn_q": ("attention/query/kernel", layouts.HEADS_IN),
+    "attn_k": ("attention/key/kernel", layouts.HEADS_IN),
+    "attn_v": ("attention/value/kernel", layouts.HEADS_IN),
+    "attn_q_norm": ("attention/query_norm/scale", layouts.PLUS_ONE),
+    "attn_k_norm": ("attention/key_norm/scale", layouts.PLUS_ONE),
+    "attn_output": ("attention/attention_output/kernel", layouts.HEADS_OUT),
+    "post_attention_norm": ("post_attention_norm/scale", layouts.PLUS_ONE),
+    "ffn_norm": ("pre_ffw_norm/scale", layouts.PLUS_ONE),
+    "ffn_gate": ("ffw_gating/kernel", layouts.TRANSPOSE),
+    "ffn_up": ("ffw_gating_2/kernel", layouts.TRANSPOSE),
+    "ffn_down": ("ffw_linear/kernel", layouts.TRANSPOSE),
+    "post_ffw_norm": ("post_ffw_norm/scale", layouts.PLUS_ONE),
 }
 
 
@@ -92,26 +93,12 @@ def backbone_config(reader):
     )
 
 
-def _convert(array, layout, target_shape):
-    if layout == "norm":
-        return array - 1.0
-    if layout == "transpose":
-        return array.T
-    if layout == "heads_in":  # (heads * head_dim, hidden) -> (heads, hidden, head_dim)
-        heads, hidden, head_dim = target_shape
-        return array.reshape(heads, head_dim, hidden).transpose(0, 2, 1)
-    if layout == "heads_out":  # (hidden, heads * head_dim) -> (heads, head_dim, hidden)
-        heads, head_dim, hidden = target_shape
-        return array.reshape(hidden, heads, head_dim).transpose(1, 2, 0)
-    return array
-
-
 def _target(name):
     """Our weight path and layout conversion for a GGUF tensor name, or None if we do not use it."""
     if name == "token_embd.weight":
-        return "token_embedding/embeddings", "none"
+        return "token_embedding/embeddings", layouts.NONE
     if name == "output_norm.weight":
-        return "final_normalization/scale", "norm"
+        return "final_normalization/scale", layouts.PLUS_ONE
     parts = name.split(".")
     if len(parts) == 4 and parts[0] == "blk" and parts[2] in _BLOCK_TENSORS:
         path, layout = _BLOCK_TENSORS[parts[2]]
@@ -141,7 +128,7 @@ def load_weights(backbone, reader, progress=True):
                 f"which the gguf package cannot dequantize: {error}"
             ) from error
         variable = variables[path]
-        array = _convert(np.asarray(array, "float32"), layout, tuple(variable.shape))
+        array = layouts.to_keras(np.asarray(array, "float32"), layout, tuple(variable.shape))
         if tuple(array.shape) != tuple(variable.shape):
             raise ValueError(
                 f"GGUF tensor `{tensor.name}` has shape {tuple(array.shape)} after conversion; "
@@ -154,8 +141,20 @@ def load_weights(backbone, reader, progress=True):
         raise ValueError(f"The GGUF file lacks {len(missing)} weights of the model, e.g. {missing[:3]}.")
 
 
-def load_backbone(reader, progress=True):
-    """A float32 Gemma3Backbone configured from the GGUF metadata and holding its weights."""
-    backbone = Gemma3Backbone(**backbone_config(reader))
-    load_weights(backbone, reader, progress=progress)
-    return backbone
+class GGUFCheckpoint:
+    """A `.gguf` file: configuration, weights and tokenizer all come from it, parsed once."""
+
+    format = "gguf"
+
+    def __init__(self, path):
+        self.path = path
+        self.reader = open_gguf(path)
+
+    def backbone_config(self):
+        return backbone_config(self.reader)
+
+    def load_weights(self, backbone, progress=True):
+        load_weights(backbone, self.reader, progress=progress)
+
+    def tokenizer_proto(self):
+        return sentencepiece_proto_from_gguf(self.reader)

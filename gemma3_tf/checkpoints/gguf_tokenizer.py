@@ -10,11 +10,8 @@ The settings are Gemma's: BPE with byte fallback, identity normaliser, no dummy 
 whitespace folding or removal.
 """
 
-import os
-
 import numpy as np
 
-from gemma3_tf.checkpoints.gguf import open_gguf
 from gemma3_tf.sentencepiece_model import ModelProto
 
 SPACE_SYMBOL = "\u2581"  # '▁', SentencePiece's escaped space
@@ -52,20 +49,16 @@ def _array(reader, name):
     return np.concatenate([field.parts[i] for i in field.data]) if field.data else np.array([])
 
 
-def sentencepiece_proto_from_gguf(reader_or_path):
+def sentencepiece_proto_from_gguf(reader):
     """Returns a serialized SentencePiece `ModelProto` (bytes) for a Gemma GGUF's tokenizer.
 
     Args:
-        reader_or_path: a `gguf.GGUFReader`, or the path of a `.gguf` file (parsing the
-            262k-piece metadata takes ~15 s, so pass the reader you already have).
+        reader: a `gguf.GGUFReader` (`gguf.open_gguf(path)` or `GGUFCheckpoint(path).reader`).
 
     Raises:
         ValueError: the file holds no Gemma SentencePiece tokenizer; the message names the
             field, what was expected and what was found.
     """
-    reader = reader_or_path
-    if isinstance(reader_or_path, (str, os.PathLike)):
-        reader = open_gguf(os.fspath(reader_or_path))
     architecture = _scalar(reader, "general.architecture", required=False)
     if architecture is not None and not str(architecture).startswith("gemma"):
         raise ValueError(f"GGUF field `general.architecture`: expected a Gemma model "

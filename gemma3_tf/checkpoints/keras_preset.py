@@ -1,0 +1,172 @@
+"""keras-hub preset directories (Kaggle's `keras/gemma3/keras/*`), read and written.
+
+A preset holds `config.json` (the serialized backbone), `model.weights.h5` (or
+`model.weights.json` plus shards), `metadata.json`, `tokenizer.json` and
+`assets/tokenizer/vocabulary.spm`. Our layers keep keras-hub's names, so the
+weights files are interchangeable; the JSON files name keras-hub's classes, so
+keras-hub's own `from_preset` loads what we write.
+"""
+
+import collections
+import datetime
+import json
+import math
+import os
+
+import h5py
+import keras
+import tensorflow as tf
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+SHARDED_WEIGHTS_FILE = "model.weights.json"
+METADATA_FILE = "metadata.json"
+TOKENIZER_CONFIG_FILE = "tokenizer.json"
+VOCABULARY_FILE = "assets/tokenizer/vocabulary.spm"
+
+_KERAS_HUB = {
+    "Gemma3Backbone": "keras_hub.src.models.gemma3.gemma3_backbone",
+    "Gemma3VisionEncoder": "keras_hub.src.models.gemma3.gemma3_vision_encoder",
+    "Gemma3Tokenizer": "keras_hub.src.models.gemma3.gemma3_tokenizer",
+}
+_BACKBONE_NAMES = ("keras_hub>Gemma3Backbone", "gemma3_tf>Gemma3Backbone")
+# keras-hub arguments for EmbeddingGemma, which this project does not implement: value -> supported only if default.
+_UNSUPPORTED_DEFAULTS = {"use_bidirectional_attention": False, "is_embedding_model": False,
+                         "pooling_intermediate_dim": None, "embedding_dim": None}
+_LAYER_KEYS = ("name", "trainable", "dtype")
+
+
+class KerasPresetCheckpoint:
+    format = "keras"
+
+    def __init__(self, source, config):
+        self.source = source
+        if config.get("registered_name") not in _BACKBONE_NAMES:
+            raise ValueError(
+                f"{source.description}/{CONFIG_FILE} describes {config.get('registered_name')!r}; "
+                f"expected a Gemma 3 backbone ({' or '.join(_BACKBONE_NAMES)})."
+            )
+        self.config = config["config"]
+
+    def backbone_config(self):
+        config = {k: v for k, v in self.config.items() if k not in _LAYER_KEYS}
+        for key, default in _UNSUPPORTED_DEFAULTS.items():
+            value = config.pop(key, default)
+            if value != default:
+                raise ValueError(
+                    f"{self.source.description}: `{key}` is {value!r} (an EmbeddingGemma model); "
+                    f"gemma3_tf supports Gemma 3 causal models only ({key}={default!r})."
+                )
+        vision = config.get("vision_encoder")
+        if vision is not None:
+            config["vision_encoder"] = {k: v for k, v in vision["config"].items() if k not in _LAYER_KEYS}
+        return config
+
+    def load_weights(self, backbone, progress=True):
+        if self.source.exists(WEIGHTS_FILE):
+            path = self.source.get_file(WEIGHTS_FILE)
+            shards = [path]
+        elif self.source.exists(SHARDED_WEIGHTS_FILE):
+            path = self.source.get_file(SHARDED_WEIGHTS_FILE)
+            with open(path) as file:
+                names = sorted(set(json.load(file)["weight_map"].values()))
+            shards = [self.source.get_file(name) for name in names]
+        else:
+            raise FileNotFoundError(
+                f"{self.source.description} has a keras-hub {CONFIG_FILE} but neither {WEIGHTS_FILE} "
+                f"nor {SHARDED_WEIGHTS_FILE}."
+            )
+        check_weights_match(backbone, shards, self.source.description)
+        backbone.load_weights(path)
+
+    def tokenizer_proto(self):
+        with open(self.source.get_file(VOCABULARY_FILE), "rb") as file:
+            return file.read()
+
+
+def _stored_shapes(shards, description):
+    """(path, shape) of every tensor in the `.weights.h5` files."""
+    stored = []
+    for shard in shards:
+        try:
+            with h5py.File(shard, "r") as file:
+                file.visititems(
+                    lambda name, item: stored.append((name, item.shape)) if isinstance(item, h5py.Dataset) else None
+                )
+        except OSError as error:
+            raise ValueError(
+                f"{description}: {os.path.basename(shard)} is not a readable HDF5 weights file "
+                f"(truncated or corrupt?): {error}"
+            ) from error
+    return stored
+
+
+def check_weights_match(backbone, shards, description):
+    """Raises before anything is assigned if the files' tensors are not exactly the model's.
+
+    Keras keys entries by layer names, not variable paths, so this compares the
+    tensor counts per shape and names the tensors that have no counterpart.
+    """
+    stored = _stored_shapes(shards, description)
+    expected = [(v.path, tuple(v.shape)) for v in backbone.weights]
+    stored_counts = collections.Counter(tuple(shape) for _, shape in stored)
+    expected_counts = collections.Counter(shape for _, shape in expected)
+    if stored_counts == expected_counts:
+        return
+    extra = [f"{name} {tuple(shape)}" for name, shape in stored if stored_counts[tuple(shape)] > expected_counts[tuple(shape)]]
+    missing = [f"{path} {shape}" for path, shape in expected if expected_counts[shape] > stored_counts[shape]]
+    raise ValueError(
+        f"{description}: the weights do not match {CONFIG_FILE} (the model has {len(expected)} weights, the file "
+        f"{len(stored)}). The model expects, without a stored tensor of that shape: {missing[:4]}; stored "
+        f"tensors no weight of the model has the shape of: {extra[:4]}."
+    )
+
+
+def _keras_hub_object(class_name, config):
+    return {"module": _KERAS_HUB[class_name], "class_name": class_name, "config": config,
+            "registered_name": f"keras_hub>{class_name}"}
+
+
+def backbone_json(backbone):
+    """`config.json` for `backbone`, naming keras-hub's classes."""
+    config = backbone.get_config()
+    if backbone.vision_encoder is not None:
+        config["vision_encoder"] = _keras_hub_object("Gemma3VisionEncoder", backbone.vision_encoder.get_config())
+    return _keras_hub_object("Gemma3Backbone", config)
+
+
+def tokenizer_json(tokenizer):
+    config = tokenizer.get_config()
+    config.update(config_file=TOKENIZER_CONFIG_FILE, proto=None)
+    config.pop("sequence_length", None)
+    return _keras_hub_object("Gemma3Tokenizer", config)
+
+
+def _write_json(path, value):
+    with open(path, "w") as file:
+        json.dump(value, file, indent=4)
+
+
+def save_backbone(backbone, preset_dir, max_shard_size=10):
+    """Writes `config.json`, `metadata.json` and the weights (sharded above `max_shard_size` GB)."""
+    os.makedirs(preset_dir, exist_ok=True)
+    _write_json(os.path.join(preset_dir, CONFIG_FILE), backbone_json(backbone))
+    size_gb = sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in backbone.weights) / 1024**3
+    _write_json(os.path.join(preset_dir, METADATA_FILE), {
+        "keras_version": keras.version(),
+        "parameter_count": backbone.count_params(),
+        "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+        "tasks": ["CausalLM"],
+    })
+    if max_shard_size is not None and size_gb > max_shard_size:
+        backbone.save_weights(os.path.join(preset_dir, SHARDED_WEIGHTS_FILE), max_shard_size=max_shard_size)
+    else:
+        backbone.save_weights(os.path.join(preset_dir, WEIGHTS_FILE))
+
+
+def save_tokenizer(tokenizer, preset_dir):
+    """Writes `tokenizer.json` and `assets/tokenizer/vocabulary.spm`."""
+    asset_dir = os.path.join(preset_dir, os.path.dirname(VOCABULARY_FILE))
+    os.makedirs(asset_dir, exist_ok=True)
+    _write_json(os.path.join(preset_dir, TOKENIZER_CONFIG_FILE), tokenizer_json(tokenizer))
+    tokenizer.save_assets(asset_dir)
