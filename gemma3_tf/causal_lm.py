@@ -1,7 +1,8 @@
 import keras
 
-from gemma3_tf import checkpoints
+from gemma3_tf import checkpoints, samplers
 from gemma3_tf.backbone import Gemma3Backbone
+from gemma3_tf.generation import Decoder
 from gemma3_tf.presets import PRESETS
 
 
@@ -56,3 +57,23 @@ class Gemma3CausalLM(keras.Model):
         self.backbone.save_to_preset(preset_dir, max_shard_size=max_shard_size)
         if self.preprocessor is not None:
             self.preprocessor.save_to_preset(preset_dir)
+
+    def compile(self, *args, sampler="greedy", **kwargs):
+        """Keras `compile`, plus the `sampler` that `generate` uses (a name or a `gemma3_tf.samplers` instance)."""
+        super().compile(*args, **kwargs)
+        self.sampler = samplers.get(sampler)
+        self._decoder = None
+
+    def generate_ids(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=(1, 106), seed=None,
+                     images=None, vision_indices=None, vision_mask=None):
+        """New token ids [B, max_new_tokens] after right-padded prompts `token_ids`/`padding_mask` [B, T].
+
+        One XLA-compiled prefill + decode loop per (batch, prompt bucket, max_new_tokens); a row
+        stops after a token in `stop_token_ids` and is padded with 0 from there.
+        """
+        key = (tuple(stop_token_ids or ()), id(getattr(self, "sampler", None)))
+        if getattr(self, "_decoder", None) is None or self._decoder_key != key:
+            self._decoder = Decoder(self.backbone, getattr(self, "sampler", "greedy"), stop_token_ids)
+            self._decoder_key = key
+        vision = None if images is None else (images, vision_indices, vision_mask)
+        return self._decoder(token_ids, padding_mask, max_new_tokens, seed=seed, vision=vision)

@@ -1,0 +1,138 @@
+"""The decoder behind `Gemma3CausalLM.generate`: a static KV cache, one prefill pass, then a decode loop,
+all in one XLA-compiled function per (batch, prompt bucket, new tokens) shape.
+
+Prompts are left-aligned inside the compiled function, so every row's next token sits at
+the same cache position: one cache write per step for the whole batch. RoPE and the
+sliding window depend only on distances between positions, so a row's logits do not
+change when its tokens shift right; the padding in front is masked out as keys.
+"""
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from gemma3_tf import samplers as samplers_lib
+from gemma3_tf.layers.attention_mask import compute_attention_mask, image_ids
+
+PROMPT_BUCKET = 64  # prompt lengths are padded up to a multiple of this, so compiles stay rare
+
+
+def call_with_cache(backbone, token_ids, key_mask, cache, index, vision=None):
+    """Runs `token_ids` [B, T] at positions `index + arange(T)` through the decoder with a KV cache.
+
+    Args:
+        key_mask: [B, S], the cache positions holding real tokens (prompt padding is 0).
+        cache: one (keys, values) pair per layer, each [B, S, K, H].
+        vision: optional (images, vision_indices, vision_mask) for a prefill with images.
+    Returns: (final hidden states [B, T, D], the updated cache).
+    """
+    x = backbone.token_embedding(token_ids)
+    x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
+    vision_mask = None
+    if vision is not None:
+        images, vision_indices, vision_mask = vision
+        x = backbone.interleave_embeddings(backbone.vision_encoder(images), x, vision_indices)
+    length = ops.shape(token_ids)[1]
+    global_mask = compute_attention_mask(key_mask, length, index)
+    local_mask = compute_attention_mask(key_mask, length, index, sliding_window_size=backbone.sliding_window_size)
+    if vision_mask is not None:  # prefill: image tokens also see the rest of their image
+        same = _same_image_mask(vision_mask, ops.shape(key_mask)[1])
+        global_mask = ops.logical_or(global_mask, same)
+        local_mask = ops.logical_or(local_mask, same)
+    updated = []
+    for block, layer_cache in zip(backbone.transformer_layers, cache):
+        mask = local_mask if block.use_sliding_window_attention else global_mask
+        x, layer_cache = block(x, mask, cache=layer_cache, cache_update_index=index)
+        updated.append(layer_cache)
+    return backbone.layer_norm(x), updated
+
+
+def _same_image_mask(vision_mask, key_length):
+    """[B, T, S]: query and key lie in the same image (keys beyond T are not images)."""
+    ids = image_ids(vision_mask)
+    same = tf.logical_and(tf.equal(ids[:, :, None], ids[:, None, :]), ids[:, :, None] > 0)
+    return tf.pad(same, [[0, 0], [0, 0], [0, key_length - tf.shape(ids)[1]]])
+
+
+def left_align(values, lengths, length):
+    """Moves each row's first `lengths[b]` entries of `values` [B, L] to the end of a [B, length] row."""
+    shift = length - lengths  # [B]
+    source = tf.range(length)[None, :] - shift[:, None]
+    aligned = tf.gather(values, tf.maximum(source, 0), batch_dims=1)
+    return tf.where(source >= 0, aligned, tf.zeros_like(aligned))
+
+
+class Decoder:
+    """Generates up to `max_new_tokens` per row after right-padded prompts, stopping rows on `stop_token_ids`."""
+
+    def __init__(self, backbone, sampler="greedy", stop_token_ids=(1, 106), pad_token_id=0):
+        self.backbone = backbone
+        self.sampler = samplers_lib.get(sampler)
+        self.stop_token_ids = tuple(stop_token_ids or ())
+        self.pad_token_id = pad_token_id
+        self._generate = tf.function(self._generate_eager, jit_compile=True)
+
+    def __call__(self, token_ids, padding_mask, max_new_tokens, seed=None, vision=None):
+        """token_ids, padding_mask: [B, T] right-padded prompts. Returns new ids [B, max_new_tokens]
+        (pad after a row's stop token; the stop token itself is kept) as a numpy array."""
+        token_ids = np.asarray(token_ids, "int32")
+        lengths = np.asarray(padding_mask, "int32").sum(-1).astype("int32")
+        bucket = max(PROMPT_BUCKET, -(-token_ids.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET)
+        token_ids = np.pad(token_ids, [(0, 0), (0, bucket - token_ids.shape[1])])
+        if seed is None:
+            seed = self.sampler.seed if self.sampler.seed is not None else np.random.randint(2**31)
+        vision = None if vision is None else self._pad_vision(vision, bucket)
+        return self._generate(token_ids, lengths, tf.constant(seed, tf.int64), int(max_new_tokens), vision).numpy()
+
+    @staticmethod
+    def _pad_vision(vision, bucket):
+        images, vision_indices, vision_mask = vision
+        vision_mask = np.pad(np.asarray(vision_mask, "int32"), [(0, 0), (0, bucket - np.shape(vision_mask)[1])])
+        return np.asarray(images, "float32"), np.asarray(vision_indices, "int32"), vision_mask
+
+    def _generate_eager(self, token_ids, lengths, seed, max_new_tokens, vision=None):
+        backbone = self.backbone
+        batch, prompt_length = tf.shape(token_ids)[0], token_ids.shape[1]
+        cache_length = prompt_length + max_new_tokens
+        prompt_mask = tf.sequence_mask(lengths, prompt_length, dtype=tf.int32)
+        # Left-align: rows end together at `prompt_length`.
+        token_ids = left_align(token_ids, lengths, prompt_length)
+        key_mask = tf.concat([left_align(prompt_mask, lengths, prompt_length),
+                              tf.ones([batch, max_new_tokens], tf.int32)], axis=1)
+        if vision is not None:
+            images, vision_indices, vision_mask = vision
+            # Real indices are > 0 (position 0 is BOS); the zero padding keeps pointing at position 0,
+            # which the interleaving restores.
+            shift = prompt_length - lengths
+            vision_indices = tf.where(vision_indices > 0, vision_indices + shift[:, None], 0)
+            vision = (images, vision_indices, left_align(vision_mask, lengths, prompt_length))
+
+        dtype = backbone.token_embedding.compute_dtype
+        shape = [batch, cache_length, backbone.num_key_value_heads, backbone.head_dim]
+        cache = [(tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(backbone.num_layers)]
+        hidden, cache = call_with_cache(backbone, token_ids, key_mask, cache, 0, vision)
+        logits = self._logits(hidden[:, -1])
+        stop_ids = tf.constant(self.stop_token_ids or (-1,), tf.int32)
+
+        def body(step, logits, cache, generated, done):
+            next_ids = self.sampler(logits, seed, step)
+            next_ids = tf.where(done, self.pad_token_id, next_ids)
+            generated = tf.tensor_scatter_nd_update(
+                tf.transpose(generated), [[step]], next_ids[None])
+            generated = tf.transpose(generated)
+            done = tf.logical_or(done, tf.reduce_any(next_ids[:, None] == stop_ids[None], axis=-1))
+            hidden, cache = call_with_cache(backbone, next_ids[:, None], key_mask, cache, prompt_length + step)
+            return step + 1, self._logits(hidden[:, -1]), cache, generated, done
+
+        def cond(step, logits, cache, generated, done):
+            return tf.logical_and(step < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
+
+        generated = tf.fill([batch, max_new_tokens], tf.constant(self.pad_token_id, tf.int32))
+        done = tf.zeros([batch], tf.bool)
+        _, _, _, generated, _ = tf.while_loop(
+            cond, body, (tf.constant(0), logits, cache, generated, done), maximum_iterations=max_new_tokens)
+        return generated
+
+    def _logits(self, hidden):
+        """[B, D] -> float32 [B, V] through the tied embedding (and the final soft cap)."""
+        return tf.cast(self.backbone.token_embedding(hidden, reverse=True), tf.float32)

@@ -1,0 +1,136 @@
+"""Generation: the XLA KV-cache decoder against uncached full-sequence forward passes, the samplers,
+and the real 270M against HF transformers' greedy continuations."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gemma3_tf
+from gemma3_tf import samplers
+from gemma3_tf.generation import Decoder, call_with_cache
+from keras_hub_oracle import TEXT_CONFIG, VISION_CONFIG, randomize, text_inputs, vision_inputs
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def text_lm():
+    backbone = gemma3_tf.Gemma3Backbone(**dict(TEXT_CONFIG, final_logit_soft_cap=None))
+    randomize(backbone, scale=0.5)
+    return gemma3_tf.Gemma3CausalLM(backbone)
+
+
+@pytest.fixture(scope="module")
+def vision_lm():
+    backbone = gemma3_tf.Gemma3Backbone(**TEXT_CONFIG, vision_encoder=gemma3_tf.Gemma3VisionEncoder(**VISION_CONFIG))
+    randomize(backbone, scale=0.5)
+    return gemma3_tf.Gemma3CausalLM(backbone)
+
+
+def full_logits(causal_lm, token_ids, **vision):
+    token_ids = np.asarray(token_ids, "int32")
+    return np.asarray(causal_lm({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids), **vision}))
+
+
+def test_cached_steps_equal_uncached_logits_across_the_sliding_window(text_lm):
+    backbone = text_lm.backbone
+    token_ids = text_inputs(batch=1, length=20)["token_ids"]  # window 4: most keys fall out of local layers
+    reference = full_logits(text_lm, token_ids)[0]
+    shape = [1, 20, backbone.num_key_value_heads, backbone.head_dim]
+    cache = [(tf.zeros(shape), tf.zeros(shape)) for _ in range(backbone.num_layers)]
+    key_mask = tf.ones([1, 20], tf.int32)
+    hidden, cache = call_with_cache(backbone, token_ids[:, :5], key_mask, cache, 0)  # prefill
+    steps = [hidden[0]]
+    for position in range(5, 20):
+        hidden, cache = call_with_cache(backbone, token_ids[:, position:position + 1], key_mask, cache, position)
+        steps.append(hidden[0])
+    logits = np.asarray(backbone.token_embedding(tf.concat(steps, 0)[None], reverse=True))[0]
+    np.testing.assert_allclose(logits, reference, atol=TOLERANCE, rtol=0)
+
+
+def assert_greedy_consistent(causal_lm, prompt, generated, **vision):
+    """Each greedy token is the argmax of an uncached forward pass over everything before it."""
+    sequence = np.concatenate([prompt, generated])[None]
+    logits = full_logits(causal_lm, sequence, **vision)[0]
+    predicted = logits[len(prompt) - 1:-1].argmax(-1)
+    np.testing.assert_array_equal(predicted, generated)
+
+
+def test_ragged_batch_matches_single_rows_and_uncached_argmax(text_lm):
+    inputs = text_inputs(batch=3, length=12)  # right-padded rows of 12, 9 and 6 tokens
+    generated = text_lm.generate_ids(inputs["token_ids"], inputs["padding_mask"], 10, stop_token_ids=())
+    assert generated.shape == (3, 10)
+    for row in range(3):
+        prompt = inputs["token_ids"][row, : inputs["padding_mask"][row].sum()]
+        alone = text_lm.generate_ids(prompt[None], np.ones((1, len(prompt)), "int32"), 10, stop_token_ids=())
+        np.testing.assert_array_equal(generated[row], alone[0])
+        assert_greedy_consistent(text_lm, prompt, generated[row])
+
+
+def test_rows_stop_on_stop_tokens_and_pad(text_lm):
+    inputs = text_inputs(batch=2, length=8)
+    free = text_lm.generate_ids(inputs["token_ids"], inputs["padding_mask"], 12, stop_token_ids=())
+    stop = int(free[0, 3])
+    stopped = text_lm.generate_ids(inputs["token_ids"], inputs["padding_mask"], 12, stop_token_ids=(stop,))
+    for row in range(2):
+        first = list(free[row]).index(stop) if stop in free[row] else 12
+        np.testing.assert_array_equal(stopped[row, : first + 1], free[row, : first + 1])
+        assert (stopped[row, first + 1:] == 0).all()
+
+
+def test_generation_with_images_matches_uncached_reference(vision_lm):
+    inputs = vision_inputs([2, 1])
+    generated = vision_lm.generate_ids(
+        inputs["token_ids"], inputs["padding_mask"], 6, stop_token_ids=(),
+        images=inputs["images"], vision_indices=inputs["vision_indices"], vision_mask=inputs["vision_mask"])
+    for row in range(2):
+        length = inputs["padding_mask"][row].sum()
+        prompt = inputs["token_ids"][row, :length]
+        vision = {
+            "images": inputs["images"][row:row + 1],
+            "vision_indices": inputs["vision_indices"][row:row + 1],
+            "vision_mask": np.pad(inputs["vision_mask"][row:row + 1, :length], [(0, 0), (0, 6)]),
+        }
+        assert_greedy_consistent(vision_lm, prompt, generated[row], **vision)
+
+
+def test_seeded_samplers_are_reproducible_and_respect_their_rules(text_lm):
+    inputs = text_inputs(batch=2, length=8)
+    prompt_ids, mask = inputs["token_ids"], inputs["padding_mask"]
+
+    def sample(sampler, seed, steps=8):
+        decoder = sampler if isinstance(sampler, Decoder) else Decoder(text_lm.backbone, sampler, stop_token_ids=())
+        return decoder(prompt_ids, mask, steps, seed=seed)
+
+    hot = Decoder(text_lm.backbone, samplers.RandomSampler(temperature=5.0), stop_token_ids=())  # one compile
+    np.testing.assert_array_equal(sample(hot, 7), sample(hot, 7))
+    assert not np.array_equal(sample(hot, 7), sample(hot, 8))
+    greedy = sample("greedy", 0)
+    np.testing.assert_array_equal(sample(samplers.TopPSampler(p=1e-6), 3), greedy)
+    np.testing.assert_array_equal(sample(samplers.TopKSampler(k=1), 3), greedy)
+    top3 = sample(samplers.TopKSampler(k=3, temperature=5.0), 11, steps=1)[:, 0]
+    first_logits = full_logits(text_lm, prompt_ids)  # rows' last prompt positions
+    for row in range(2):
+        last = first_logits[row, mask[row].sum() - 1]
+        assert top3[row] in np.argsort(-last)[:3]
+
+
+def test_compile_sets_the_sampler(text_lm):
+    inputs = text_inputs(batch=1, length=6)
+    text_lm.compile(sampler=samplers.TopKSampler(k=4, seed=5))
+    try:
+        first = text_lm.generate_ids(inputs["token_ids"], inputs["padding_mask"], 5, stop_token_ids=())
+        np.testing.assert_array_equal(first, text_lm.generate_ids(inputs["token_ids"], inputs["padding_mask"], 5,
+                                                                  stop_token_ids=()))
+    finally:
+        text_lm.compile(sampler="greedy")
+    with pytest.raises(ValueError, match=r"`sampler` must be a Sampler or one of .* Received: 'beam'"):
+        samplers.get("beam")
+
+
+@pytest.mark.slow
+def test_real_270m_greedy_matches_hf_transformers(real_causal_lm, hf_reference_270m):
+    for case in hf_reference_270m["prompts"]:
+        token_ids = np.array([case["input_ids"]], "int32")
+        generated = real_causal_lm.generate_ids(token_ids, np.ones_like(token_ids), 32, stop_token_ids=())
+        assert generated[0].tolist() == case["greedy_ids"], case["prompt"]
