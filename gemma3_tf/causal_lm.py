@@ -1,8 +1,10 @@
 import keras
+import numpy as np
 
 from gemma3_tf import checkpoints, samplers
 from gemma3_tf.backbone import Gemma3Backbone
 from gemma3_tf.generation import Decoder
+from gemma3_tf.preprocessing import Gemma3CausalLMPreprocessor
 from gemma3_tf.presets import PRESETS
 
 
@@ -50,6 +52,11 @@ class Gemma3CausalLM(keras.Model):
         """A causal LM from any checkpoint `Gemma3Backbone.from_preset` reads (same arguments)."""
         checkpoint = checkpoints.open_checkpoint(preset, load_weights)
         backbone = Gemma3Backbone.from_preset(checkpoint, load_weights=load_weights, dtype=dtype, progress=progress)
+        if "preprocessor" not in kwargs and hasattr(checkpoint, "tokenizer_proto"):
+            try:
+                kwargs["preprocessor"] = Gemma3CausalLMPreprocessor.from_preset(checkpoint)
+            except FileNotFoundError:  # a checkpoint without a tokenizer: token ids in, token ids out
+                kwargs["preprocessor"] = None
         return cls(backbone, **kwargs)
 
     def save_to_preset(self, preset_dir, max_shard_size=10):
@@ -71,9 +78,58 @@ class Gemma3CausalLM(keras.Model):
         One XLA-compiled prefill + decode loop per (batch, prompt bucket, max_new_tokens); a row
         stops after a token in `stop_token_ids` and is padded with 0 from there.
         """
-        key = (tuple(stop_token_ids or ()), id(getattr(self, "sampler", None)))
-        if getattr(self, "_decoder", None) is None or self._decoder_key != key:
-            self._decoder = Decoder(self.backbone, getattr(self, "sampler", "greedy"), stop_token_ids)
-            self._decoder_key = key
+        if getattr(self, "_decoder", None) is None:
+            self._decoder = Decoder(self.backbone, getattr(self, "sampler", "greedy"))
         vision = None if images is None else (images, vision_indices, vision_mask)
-        return self._decoder(token_ids, padding_mask, max_new_tokens, seed=seed, vision=vision)
+        return self._decoder(token_ids, padding_mask, max_new_tokens, stop_token_ids, seed=seed, vision=vision)
+
+    def generate(self, inputs, max_length=None, stop_token_ids="auto", seed=None):
+        """Generates text after prompts, as keras-hub's `generate`.
+
+        Args:
+            inputs: a prompt string, a list of them, a dict with `prompts` and `images` (a list
+                of encoded images or [H, W, 3] arrays per prompt, one per `<start_of_image>`), or
+                preprocessed `token_ids`/`padding_mask` (and image inputs).
+            max_length: total tokens per row, prompt included (default: the preprocessor's
+                `sequence_length`); must exceed the longest prompt.
+            stop_token_ids: `"auto"` (`<eos>` and `<end_of_turn>`), ids, or None to run to `max_length`.
+            seed: for random samplers (see `compile(sampler=...)`); None draws one.
+        Returns: prompt + completion strings (one string for one prompt); for preprocessed token
+            inputs, the new token ids [B, max_length - longest prompt] (0 after a row stops).
+        """
+        token_inputs = isinstance(inputs, dict) and "token_ids" in inputs
+        original = inputs
+        if not token_inputs and self.preprocessor is None:
+            raise ValueError("This Gemma3CausalLM has no preprocessor, so `generate` takes token inputs only: "
+                             "a dict with `token_ids` and `padding_mask`.")
+        max_length = max_length or (self.preprocessor.sequence_length if self.preprocessor else None)
+        if max_length is None:
+            raise ValueError("`max_length` is required for token inputs without a preprocessor.")
+        if stop_token_ids == "auto":
+            tokenizer = self.preprocessor.tokenizer if self.preprocessor else None
+            stop_token_ids = (tokenizer.end_token_id, tokenizer.end_of_turn_token_id) if tokenizer else (1, 106)
+        if not token_inputs:  # packed long enough that the check below, naming `max_length`, decides
+            inputs = self.preprocessor.generate_preprocess(inputs, max(max_length, self.preprocessor.sequence_length))
+        features = inputs
+        features = {key: np.asarray(value) for key, value in features.items()}
+        batched = features["token_ids"].ndim == 2
+        if not batched:
+            features = {key: value[None] for key, value in features.items()}
+        lengths = features["padding_mask"].sum(-1)
+        longest = int(lengths.max())
+        if max_length <= longest:
+            raise ValueError(f"`max_length` ({max_length}) must be greater than the longest prompt "
+                             f"({longest} tokens, BOS and image tokens included).")
+        vision = {}
+        if features.get("images") is not None and features["images"].shape[1] > 0:
+            vision = {"images": features["images"], "vision_indices": features["vision_indices"],
+                      "vision_mask": features["vision_mask"][:, :longest]}
+        new_ids = self.generate_ids(features["token_ids"][:, :longest], features["padding_mask"][:, :longest],
+                                    max_length - longest, stop_token_ids, seed, **vision)
+        if token_inputs:
+            return new_ids if batched else new_ids[0]
+        prompts = original["prompts"] if isinstance(original, dict) else original
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        texts = [prompt + completion for prompt, completion in
+                 zip(prompts, self.preprocessor.generate_postprocess(new_ids))]
+        return texts if batched else texts[0]

@@ -39,6 +39,44 @@ def _convert(args):
           f"{backbone.count_params():,} parameters, {backbone.dtype_policy.variable_dtype}")
 
 
+def _generate(args):
+    import time
+
+    import numpy as np
+
+    import gemma3_tf
+    from gemma3_tf import samplers
+    from gemma3_tf.preprocessing import chat_prompt
+
+    causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(args.preset, dtype=args.dtype)
+    if causal_lm.preprocessor is None:
+        raise SystemExit(f"error: {args.preset} has no tokenizer, so it cannot take a text prompt")
+    sampler = {"greedy": samplers.GreedySampler,
+               "random": lambda: samplers.RandomSampler(args.temperature, args.seed),
+               "top_k": lambda: samplers.TopKSampler(args.top_k, args.temperature, args.seed),
+               "top_p": lambda: samplers.TopPSampler(args.top_p, None, args.temperature, args.seed)}[args.sampler]()
+    causal_lm.compile(sampler=sampler)
+    prompt = chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+    images = []
+    for path in args.image:
+        with open(path, "rb") as file:
+            images.append(file.read())
+    if images and "<start_of_image>" not in prompt:
+        prompt = "<start_of_image>" * len(images) + prompt
+    inputs = {"prompts": [prompt], "images": [images]} if images else [prompt]
+    features = causal_lm.preprocessor.generate_preprocess(inputs, args.max_length)
+    features = {key: np.asarray(value) for key, value in features.items()}
+    prompt_length = int(features["padding_mask"].sum())
+    start = time.perf_counter()
+    new_ids = causal_lm.generate(features, max_length=args.max_length, seed=args.seed)
+    seconds = time.perf_counter() - start
+    completion = causal_lm.preprocessor.generate_postprocess(new_ids)[0]
+    count = int((new_ids[0] != 0).sum())
+    print(completion)
+    print(f"[{count} new tokens after {prompt_length} prompt tokens in {seconds:.2f} s: "
+          f"{count / seconds:.1f} tokens/s, compile included on the first call]", file=sys.stderr)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="gemma3-tf", description="Gemma 3 on TensorFlow.")
     parser.add_argument("--version", action="version", version=f"gemma3-tf {__version__}")
@@ -55,6 +93,20 @@ def build_parser():
                                                       "float32 for GGUF)")
     convert.add_argument("--max_shard_size", type=float, default=5.0, help="GB per weights file (default 5)")
     convert.set_defaults(run=_convert)
+    generate = commands.add_parser("generate", help="generate text from a prompt (and images)")
+    generate.add_argument("prompt")
+    generate.add_argument("--preset", default="gemma3_270m_q4_k_m",
+                          help="anything `from_preset` accepts (default: the real 270M from PyPI)")
+    generate.add_argument("--image", action="append", default=[], help="an image file; repeat for several")
+    generate.add_argument("--max_length", "--max-length", type=int, default=128, help="prompt + new tokens")
+    generate.add_argument("--sampler", choices=["greedy", "random", "top_k", "top_p"], default="greedy")
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top_k", "--top-k", type=int, default=40)
+    generate.add_argument("--top_p", "--top-p", type=float, default=0.9)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat turns")
+    generate.add_argument("--dtype", default=None, help="e.g. bfloat16")
+    generate.set_defaults(run=_generate)
     return parser
 
 

@@ -99,10 +99,10 @@ def test_seeded_samplers_are_reproducible_and_respect_their_rules(text_lm):
     prompt_ids, mask = inputs["token_ids"], inputs["padding_mask"]
 
     def sample(sampler, seed, steps=8):
-        decoder = sampler if isinstance(sampler, Decoder) else Decoder(text_lm.backbone, sampler, stop_token_ids=())
+        decoder = sampler if isinstance(sampler, Decoder) else Decoder(text_lm.backbone, sampler)
         return decoder(prompt_ids, mask, steps, seed=seed)
 
-    hot = Decoder(text_lm.backbone, samplers.RandomSampler(temperature=5.0), stop_token_ids=())  # one compile
+    hot = Decoder(text_lm.backbone, samplers.RandomSampler(temperature=5.0))  # one compile
     np.testing.assert_array_equal(sample(hot, 7), sample(hot, 7))
     assert not np.array_equal(sample(hot, 7), sample(hot, 8))
     greedy = sample("greedy", 0)

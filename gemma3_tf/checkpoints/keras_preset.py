@@ -22,12 +22,16 @@ WEIGHTS_FILE = "model.weights.h5"
 SHARDED_WEIGHTS_FILE = "model.weights.json"
 METADATA_FILE = "metadata.json"
 TOKENIZER_CONFIG_FILE = "tokenizer.json"
+PREPROCESSOR_CONFIG_FILE = "preprocessor.json"
+IMAGE_CONVERTER_CONFIG_FILE = "image_converter.json"
 VOCABULARY_FILE = "assets/tokenizer/vocabulary.spm"
 
 _KERAS_HUB = {
     "Gemma3Backbone": "keras_hub.src.models.gemma3.gemma3_backbone",
     "Gemma3VisionEncoder": "keras_hub.src.models.gemma3.gemma3_vision_encoder",
     "Gemma3Tokenizer": "keras_hub.src.models.gemma3.gemma3_tokenizer",
+    "Gemma3ImageConverter": "keras_hub.src.models.gemma3.gemma3_image_converter",
+    "Gemma3CausalLMPreprocessor": "keras_hub.src.models.gemma3.gemma3_causal_lm_preprocessor",
 }
 _BACKBONE_NAMES = ("keras_hub>Gemma3Backbone", "gemma3_tf>Gemma3Backbone")
 # keras-hub arguments for EmbeddingGemma, which this project does not implement: value -> supported only if default.
@@ -142,6 +146,25 @@ def tokenizer_json(tokenizer):
     return _keras_hub_object("Gemma3Tokenizer", config)
 
 
+def image_converter_json(converter):
+    """keras-hub's ImageConverter doing what ours does: resize without cropping, then x / 127.5 - 1."""
+    config = {k: v for k, v in converter.get_config().items() if k in _LAYER_KEYS}
+    config.update(image_size=[converter.image_size, converter.image_size], scale=1 / 127.5, offset=-1.0,
+                  interpolation="bilinear", antialias=False, crop_to_aspect_ratio=False, pad_to_aspect_ratio=False)
+    return _keras_hub_object("Gemma3ImageConverter", config)
+
+
+def preprocessor_json(preprocessor):
+    config = {k: v for k, v in preprocessor.get_config().items() if k not in ("tokenizer", "image_converter")}
+    config.update(
+        tokenizer=tokenizer_json(preprocessor.tokenizer),
+        image_converter=(None if preprocessor.image_converter is None
+                         else image_converter_json(preprocessor.image_converter)),
+        config_file=PREPROCESSOR_CONFIG_FILE,
+    )
+    return _keras_hub_object("Gemma3CausalLMPreprocessor", config)
+
+
 def _write_json(path, value):
     with open(path, "w") as file:
         json.dump(value, file, indent=4)
@@ -170,3 +193,12 @@ def save_tokenizer(tokenizer, preset_dir):
     os.makedirs(asset_dir, exist_ok=True)
     _write_json(os.path.join(preset_dir, TOKENIZER_CONFIG_FILE), tokenizer_json(tokenizer))
     tokenizer.save_assets(asset_dir)
+
+
+def save_preprocessor(preprocessor, preset_dir):
+    """Writes `preprocessor.json`, the tokenizer's files and, with vision, `image_converter.json`."""
+    save_tokenizer(preprocessor.tokenizer, preset_dir)
+    _write_json(os.path.join(preset_dir, PREPROCESSOR_CONFIG_FILE), preprocessor_json(preprocessor))
+    if preprocessor.image_converter is not None:
+        _write_json(os.path.join(preset_dir, IMAGE_CONVERTER_CONFIG_FILE),
+                    image_converter_json(preprocessor.image_converter))

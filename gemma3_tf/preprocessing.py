@@ -1,0 +1,304 @@
+"""Prompts and images into Gemma 3 model inputs, in TensorFlow ops (eager, `tf.function`, `tf.data`).
+
+Names and behaviour follow keras-hub's `Gemma3CausalLMPreprocessor` and `Gemma3ImageConverter`:
+each `<start_of_image>` in a prompt becomes `"\\n\\n<start_of_image>" + <img> x 256 +
+"<end_of_image>\\n\\n"`, `vision_mask` marks the `<img>` positions and `vision_indices` lists
+them per row, zero-padded to `max_images_per_prompt * num_vision_tokens_per_image`.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gemma3_tf import checkpoints
+from gemma3_tf.checkpoints import keras_preset
+from gemma3_tf.tokenizer import Gemma3Tokenizer
+
+START_OF_IMAGE = "<start_of_image>"
+
+
+def chat_prompt(turns, add_generation_prompt=True):
+    """Gemma's chat format for `turns`: [{"role": "user"|"model"|"system", "content": str}, ...].
+
+    Gemma has no system role: a system turn is prepended to the first user turn, as its chat
+    template does. With `add_generation_prompt`, the text ends where the model's turn begins.
+    """
+    text, system = "", None
+    for number, turn in enumerate(turns):
+        role, content = turn.get("role"), turn.get("content")
+        if role not in ("user", "model", "system") or not isinstance(content, str):
+            raise ValueError(f"`turns[{number}]` must be {{'role': 'user'|'model'|'system', 'content': str}}. "
+                             f"Received: {turn!r}")
+        if role == "system":
+            system = content
+            continue
+        if system is not None and role == "user":
+            content, system = f"{system}\n\n{content}", None
+        text += f"<start_of_turn>{role}\n{content}<end_of_turn>\n"
+    if add_generation_prompt:
+        text += "<start_of_turn>model\n"
+    return text
+
+
+@keras.saving.register_keras_serializable(package="gemma3_tf")
+class Gemma3ImageConverter(keras.layers.Layer):
+    """Images -> float32 [..., image_size, image_size, 3] in [-1, 1] (resize, then x / 127.5 - 1).
+
+    Takes encoded JPEG/PNG/GIF/BMP bytes (a string tensor), or pixel arrays [H, W, 3] (uint8, or
+    float in [0, 255]). Resizing is bilinear without cropping, as HF's Gemma 3 image processor.
+    """
+
+    def __init__(self, image_size=896, **kwargs):
+        super().__init__(**kwargs)
+        self.image_size = image_size
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
+        self.built = True
+
+    def _one(self, image):
+        if image.dtype == tf.string:
+            image = tf.io.decode_image(image, channels=3, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), [self.image_size, self.image_size])
+        return image / 127.5 - 1.0
+
+    def call(self, images):
+        """One image (bytes or [H, W, 3]) or a batch (strings [N] or pixels [N, H, W, 3])."""
+        if isinstance(images, (bytes, str)) or (hasattr(images, "dtype") and images.dtype == tf.string):
+            images = tf.convert_to_tensor(images, tf.string)
+            if images.shape.rank == 0:
+                return self._one(images)
+            return tf.map_fn(self._one, images, fn_output_signature=tf.float32)
+        images = tf.convert_to_tensor(images)
+        if images.shape.rank == 3:
+            return self._one(images)
+        return tf.map_fn(self._one, images, fn_output_signature=tf.float32)
+
+    def get_config(self):
+        return {**super().get_config(), "image_size": self.image_size}
+
+
+@keras.saving.register_keras_serializable(package="gemma3_tf")
+class Gemma3CausalLMPreprocessor(keras.layers.Layer):
+    """Prompts (and responses, for training) -> `token_ids`, `padding_mask` (+ image inputs).
+
+    Args:
+        tokenizer: a `Gemma3Tokenizer`.
+        image_converter: a `Gemma3ImageConverter` for a model with a vision encoder, else None.
+        sequence_length: packed length; longer prompts are an error for generation, and
+            training examples are cut at the end (the response loses its tail).
+        add_start_token, add_end_token: BOS before the prompt; EOS after the response (training).
+        max_images_per_prompt, num_vision_tokens_per_image: the image block layout.
+    """
+
+    def __init__(self, tokenizer, image_converter=None, sequence_length=1024, add_start_token=True,
+                 add_end_token=True, max_images_per_prompt=2, num_vision_tokens_per_image=256, **kwargs):
+        super().__init__(**kwargs)
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
+        self.built = True
+        self.tokenizer = tokenizer
+        self.image_converter = image_converter
+        self.sequence_length = sequence_length
+        self.add_start_token = add_start_token
+        self.add_end_token = add_end_token
+        self.max_images_per_prompt = max_images_per_prompt
+        self.num_vision_tokens_per_image = num_vision_tokens_per_image
+
+    @property
+    def text_only(self):
+        return self.image_converter is None
+
+    # --- prompts -------------------------------------------------------------------------
+    def _expand_images(self, prompts):
+        block = (f"\n\n{START_OF_IMAGE}" + self.tokenizer.image_placeholder * self.num_vision_tokens_per_image
+                 + f"{self.tokenizer.end_of_image_token}\n\n")
+        return tf.strings.regex_replace(prompts, START_OF_IMAGE, block.replace("\\", "\\\\"))
+
+    def _tokenize(self, texts, add_start):
+        tokens = self.tokenizer.tokenize(texts)
+        if add_start:
+            bos = tf.fill([tokens.nrows(), 1], tf.cast(self.tokenizer.start_token_id, tokens.dtype))
+            tokens = tf.concat([bos, tokens], axis=1)
+        return tokens
+
+    @staticmethod
+    def _as_batch(values, name):
+        """(a 1-D string tensor, batched?) for a string, a list of strings or a string tensor."""
+        if isinstance(values, str):
+            return tf.constant([values]), False
+        if isinstance(values, (list, tuple)):
+            if not all(isinstance(v, str) for v in values):
+                raise ValueError(f"`{name}` must be a string or a list of strings. Received: {values!r}")
+            return tf.constant(values, tf.string), True
+        values = tf.convert_to_tensor(values)
+        if values.dtype != tf.string or values.shape.rank not in (0, 1):
+            raise ValueError(f"`{name}` must be a string or a 1-D batch of strings. Received: {values!r}")
+        return (values[None], False) if values.shape.rank == 0 else (values, True)
+
+    def _check_prompts(self, prompts, images, sequence_length, lengths):
+        """Friendly errors for concrete inputs (eager); traced graphs rely on shapes."""
+        if not tf.executing_eagerly():
+            return
+        texts = [t.decode("utf-8", "replace") for t in prompts.numpy()]
+        for row, text in enumerate(texts):
+            if not text.strip():
+                raise ValueError(f"`prompts[{row}]` is empty; a prompt needs at least one character.")
+            count = text.count(START_OF_IMAGE)
+            if count and self.text_only:
+                raise ValueError(f"`prompts[{row}]` has {count} {START_OF_IMAGE} but this model has no vision "
+                                 "encoder.")
+            if count > self.max_images_per_prompt:
+                raise ValueError(f"`prompts[{row}]` has {count} {START_OF_IMAGE}; at most "
+                                 f"`max_images_per_prompt`={self.max_images_per_prompt} are allowed.")
+            if images is not None and count != len(images[row]):
+                raise ValueError(f"`prompts[{row}]` has {count} {START_OF_IMAGE} but `images[{row}]` holds "
+                                 f"{len(images[row])} images: they must be equal.")
+        longest = int(np.max(lengths.numpy())) if len(texts) else 0
+        if longest > sequence_length:
+            row = int(np.argmax(lengths.numpy()))
+            raise ValueError(f"`prompts[{row}]` is {longest} tokens (with BOS and image tokens); the maximum is "
+                             f"`sequence_length`={sequence_length}.")
+
+    def _pack(self, tokens, sequence_length):
+        token_ids = tokens.to_tensor(default_value=self.tokenizer.pad_token_id, shape=[None, sequence_length])
+        padding_mask = tf.sequence_mask(tf.minimum(tokens.row_lengths(), sequence_length), sequence_length,
+                                        dtype=tf.int32)
+        return tf.cast(token_ids, tf.int32), padding_mask
+
+    def _vision_inputs(self, token_ids, images):
+        """Images padded to `max_images_per_prompt` per row (none at all for a text-only batch)."""
+        vision_mask = tf.cast(token_ids == self.tokenizer.image_placeholder_id, tf.int32)
+        has_images = images is not None and any(images)
+        count = self.max_images_per_prompt if has_images else 0
+        positions = tf.ragged.boolean_mask(
+            tf.broadcast_to(tf.range(tf.shape(token_ids)[1]), tf.shape(token_ids)), vision_mask > 0)
+        vision_indices = positions.to_tensor(default_value=0, shape=[None, count * self.num_vision_tokens_per_image])
+        size = self.image_converter.image_size
+        pixels = tf.zeros([tf.shape(token_ids)[0], count, size, size, 3])
+        if count:
+            pixels = tf.stack([
+                tf.stack(self._convert_row(row, number) + [tf.zeros([size, size, 3])] * (count - len(row)))
+                for number, row in enumerate(images)])
+        return {"images": pixels, "vision_mask": vision_mask, "vision_indices": tf.cast(vision_indices, tf.int32)}
+
+    @staticmethod
+    def _image_rows(images, batch, batched):
+        """Images as one list per prompt, each image encoded bytes or an [H, W, 3] array."""
+        if images is None:
+            return None
+
+        def as_list(row):
+            if isinstance(row, (bytes, str)) or (isinstance(row, np.ndarray) and row.ndim == 3):
+                return [row]
+            return list(row)
+
+        rows = [as_list(row) for row in (images if batched else [images])]
+        if len(rows) != batch:
+            raise ValueError(f"`images` has {len(rows)} rows for {batch} prompts: give one list per prompt.")
+        return rows
+
+    def _convert_row(self, row, number):
+        converted = []
+        for index, image in enumerate(row):
+            try:
+                converted.append(self.image_converter(image))
+            except (tf.errors.InvalidArgumentError, ValueError) as error:
+                message = getattr(error, "message", str(error)).splitlines()[0]
+                raise ValueError(f"`images[{number}][{index}]` is not a readable image (expected encoded "
+                                 f"JPEG/PNG/GIF/BMP bytes or an [H, W, 3] array): {message}") from error
+        return converted
+
+    def generate_preprocess(self, x, sequence_length=None):
+        """str | [str] | {"prompts", "images"?} -> model inputs for `Gemma3CausalLM.generate`.
+
+        `images` per prompt: a list of encoded image bytes or [H, W, 3] arrays, one per
+        `<start_of_image>` of that prompt.
+        """
+        sequence_length = sequence_length or self.sequence_length
+        images = None
+        if isinstance(x, dict):
+            if "prompts" not in x:
+                raise ValueError(f"`inputs` must hold 'prompts'. Received keys: {sorted(x)}")
+            prompts, images = x["prompts"], x.get("images")
+        else:
+            prompts = x
+        prompts, batched = self._as_batch(prompts, "prompts")
+        batch = prompts.shape[0]  # None inside tf.data / tf.function
+        images = self._image_rows(images, batch, batched)
+        texts = prompts if self.text_only else self._expand_images(prompts)
+        tokens = self._tokenize(texts, self.add_start_token)
+        self._check_prompts(prompts, images, sequence_length, tokens.row_lengths())
+        token_ids, padding_mask = self._pack(tokens, sequence_length)
+        out = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if not self.text_only:
+            out.update(self._vision_inputs(token_ids, images))
+        return out if batched else {k: v[0] for k, v in out.items()}
+
+    def generate_postprocess(self, token_ids):
+        """Generated ids [B, N] (or [N]) -> strings, without padding, BOS, EOS or turn markers."""
+        token_ids = np.asarray(token_ids)
+        batched = token_ids.ndim == 2
+        rows = token_ids if batched else token_ids[None]
+        strip = set(self.tokenizer.special_token_ids) - {self.tokenizer.start_of_image_token_id}
+        strip |= {self.tokenizer.end_of_turn_token_id, self.tokenizer.start_of_turn_token_id}
+        kept = tf.ragged.constant([[int(t) for t in row if int(t) not in strip] for row in rows], dtype=tf.int32)
+        texts = [t.decode("utf-8") for t in self.tokenizer.detokenize(kept).numpy()]
+        return texts if batched else texts[0]
+
+    # --- training ------------------------------------------------------------------------
+    def call(self, x, y=None, sample_weight=None, sequence_length=None):
+        """{"prompts", "responses"} -> (inputs, labels, sample_weight): next-token labels, weight 1 on
+        response tokens only. Text-only; image training data comes from the TFRecord pipeline."""
+        sequence_length = sequence_length or self.sequence_length
+        prompts, batched = self._as_batch(x["prompts"], "prompts")
+        responses, _ = self._as_batch(x["responses"], "responses")
+        prompt_tokens = self._tokenize(prompts, self.add_start_token)
+        response_tokens = self.tokenizer.tokenize(responses)
+        if self.add_end_token:
+            eos = tf.fill([response_tokens.nrows(), 1], tf.cast(self.tokenizer.end_token_id, response_tokens.dtype))
+            response_tokens = tf.concat([response_tokens, eos], axis=1)
+        tokens = tf.concat([prompt_tokens, response_tokens], axis=1)
+        is_response = tf.concat([tf.zeros_like(prompt_tokens), tf.ones_like(response_tokens)], axis=1)
+        token_ids, padding_mask = self._pack(tokens, sequence_length + 1)
+        weights = is_response.to_tensor(shape=[None, sequence_length + 1])
+        inputs = {"token_ids": token_ids[:, :-1], "padding_mask": padding_mask[:, :-1]}
+        labels, weights = token_ids[:, 1:], tf.cast(weights[:, 1:] * padding_mask[:, 1:], tf.float32)
+        if not batched:
+            inputs, labels, weights = {k: v[0] for k, v in inputs.items()}, labels[0], weights[0]
+        return inputs, labels, weights
+
+    # --- presets -------------------------------------------------------------------------
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "tokenizer": keras.layers.serialize(self.tokenizer),
+            "image_converter": None if self.image_converter is None else keras.layers.serialize(self.image_converter),
+            "sequence_length": self.sequence_length,
+            "add_start_token": self.add_start_token,
+            "add_end_token": self.add_end_token,
+            "max_images_per_prompt": self.max_images_per_prompt,
+            "num_vision_tokens_per_image": self.num_vision_tokens_per_image,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["tokenizer"] = keras.layers.deserialize(config["tokenizer"])
+        if config.get("image_converter") is not None:
+            config["image_converter"] = keras.layers.deserialize(config["image_converter"])
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """The preprocessor for a preset: its tokenizer, and an image converter when the model has vision."""
+        checkpoint = checkpoints.open_checkpoint(preset)
+        vision = checkpoint.backbone_config().get("vision_encoder")
+        if vision is not None:
+            kwargs.setdefault("image_converter", Gemma3ImageConverter(vision["image_size"]))
+            kwargs.setdefault("num_vision_tokens_per_image",
+                              (vision["image_size"] // vision["patch_size"] // vision["pool_size"]) ** 2)
+        return cls(Gemma3Tokenizer.from_preset(checkpoint), **kwargs)
+
+    def save_to_preset(self, preset_dir):
+        """The tokenizer's files and keras-hub's `preprocessor.json` (and `image_converter.json`)."""
+        keras_preset.save_preprocessor(self, preset_dir)
