@@ -292,6 +292,8 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
     def from_preset(cls, preset, **kwargs):
         """The preprocessor for a preset: its tokenizer, and an image converter when the model has vision."""
         checkpoint = checkpoints.open_checkpoint(preset)
+        if hasattr(checkpoint, "preprocessor_config"):  # keras-hub presets store their packing settings
+            kwargs = {**checkpoint.preprocessor_config(), **kwargs}
         vision = checkpoint.backbone_config().get("vision_encoder")
         if vision is not None:
             kwargs.setdefault("image_converter", Gemma3ImageConverter(vision["image_size"]))

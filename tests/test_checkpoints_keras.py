@@ -61,16 +61,22 @@ def test_keras_hub_loads_our_preset(tmp_path, tiny_proto, vision):
     encoder = gemma3_tf.Gemma3VisionEncoder(**VISION_CONFIG) if vision else None
     ours = gemma3_tf.Gemma3Backbone(**TEXT_CONFIG, vision_encoder=encoder)
     randomize(ours, seed=3)
-    causal_lm = gemma3_tf.Gemma3CausalLM(ours)
+    preprocessor = gemma3_tf.Gemma3CausalLMPreprocessor(
+        gemma3_tf.Gemma3Tokenizer(tiny_proto), gemma3_tf.Gemma3ImageConverter(28) if vision else None,
+        sequence_length=64, num_vision_tokens_per_image=4)
+    causal_lm = gemma3_tf.Gemma3CausalLM(ours, preprocessor)
     causal_lm.save_to_preset(str(tmp_path))
-    gemma3_tf.Gemma3Tokenizer(tiny_proto).save_to_preset(str(tmp_path))
 
     reference = keras_hub.models.Gemma3Backbone.from_preset(str(tmp_path))
     assert type(reference.vision_encoder).__module__.startswith("keras_hub") if vision else reference.vision_encoder is None
     assert_same_outputs(reference, ours, vision)
     inputs = inputs_for(vision)
-    np.testing.assert_allclose(np.asarray(reference.token_embedding(reference(inputs), reverse=True)),
-                               np.asarray(causal_lm(inputs)), atol=TOLERANCE, rtol=0)
+    reference_lm = keras_hub.models.Gemma3CausalLM.from_preset(str(tmp_path))  # reads our preprocessor.json
+    np.testing.assert_allclose(np.asarray(reference_lm(inputs)), np.asarray(causal_lm(inputs)), atol=TOLERANCE, rtol=0)
+    assert reference_lm.preprocessor.sequence_length == 64
+    reloaded = gemma3_tf.Gemma3CausalLM.from_preset(str(tmp_path))
+    assert reloaded.preprocessor.sequence_length == 64
+    assert (reloaded.preprocessor.image_converter is not None) == vision
     reference_tokenizer = keras_hub.models.Gemma3Tokenizer.from_preset(str(tmp_path))
     assert token_ids(reference_tokenizer) == token_ids(gemma3_tf.Gemma3Tokenizer(tiny_proto))
 

@@ -87,6 +87,16 @@ class KerasPresetCheckpoint:
         with open(self.source.get_file(VOCABULARY_FILE), "rb") as file:
             return file.read()
 
+    def preprocessor_config(self):
+        """The packing settings of `preprocessor.json` ({} without one)."""
+        if not self.source.exists(PREPROCESSOR_CONFIG_FILE):
+            return {}
+        with open(self.source.get_file(PREPROCESSOR_CONFIG_FILE)) as file:
+            config = json.load(file)["config"]
+        keys = ("sequence_length", "add_start_token", "add_end_token", "max_images_per_prompt",
+                "num_vision_tokens_per_image")
+        return {key: config[key] for key in keys if key in config}
+
 
 def _stored_shapes(shards, description):
     """(path, shape) of every tensor in the `.weights.h5` files."""
