@@ -12,13 +12,19 @@ prefill tokens/s, and peak RSS.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _peak_rss_kib():
+    """This process's peak RSS. Not `getrusage`: Linux keeps ru_maxrss across exec, so a child
+    would report the peak of the parent it was forked from."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
 def _generator(impl, preset_dir):
@@ -72,7 +78,7 @@ def measure(impl, batch, prompt_length, preset_dir):
         "prefill_tok_s": round(batch * prompt_length / max(first_token - step, 1e-9)),
         "decode_tok_s_per_row": round(1 / step, 1),
         "decode_tok_s_total": round(batch / step, 1),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        "peak_rss_gib": round(_peak_rss_kib() / 1024**2, 2),
     }
 
 
