@@ -13,7 +13,8 @@ class Gemma3CausalLM(keras.Model):
     """Gemma 3 language model head: the backbone's hidden states times the tied embedding.
 
     Called on the backbone's inputs it returns logits [B, T, vocabulary_size],
-    with the final logit soft cap applied when the backbone has one.
+    with the final logit soft cap applied when the backbone has one. `generate` continues
+    prompts with the KV-cache decoder of `gemma3_tf.generation`.
     """
 
     presets = PRESETS
@@ -75,8 +76,9 @@ class Gemma3CausalLM(keras.Model):
                      images=None, vision_indices=None, vision_mask=None):
         """New token ids [B, max_new_tokens] after right-padded prompts `token_ids`/`padding_mask` [B, T].
 
-        One XLA-compiled prefill + decode loop per (batch, prompt bucket, max_new_tokens); a row
-        stops after a token in `stop_token_ids` and is padded with 0 from there.
+        One XLA-compiled prefill + decode loop per (batch, prompt-length bucket, new-token bucket),
+        buckets being powers of two; a row stops after a token in `stop_token_ids` and is padded
+        with 0 from there.
         """
         if getattr(self, "_decoder", None) is None:
             self._decoder = Decoder(self.backbone, getattr(self, "sampler", "greedy"))
