@@ -3,7 +3,7 @@ import numpy as np
 
 from gemma3_tf import checkpoints, samplers
 from gemma3_tf.backbone import Gemma3Backbone
-from gemma3_tf.generation import Decoder
+from gemma3_tf.generation import GEMMA_STOP_TOKEN_IDS, Decoder
 from gemma3_tf.preprocessing import Gemma3CausalLMPreprocessor
 from gemma3_tf.presets import PRESETS
 
@@ -72,7 +72,7 @@ class Gemma3CausalLM(keras.Model):
         self.sampler = samplers.get(sampler)
         self._decoder = None
 
-    def generate_ids(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=(1, 106), seed=None,
+    def generate_ids(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=GEMMA_STOP_TOKEN_IDS, seed=None,
                      images=None, vision_indices=None, vision_mask=None):
         """New token ids [B, max_new_tokens] after right-padded prompts `token_ids`/`padding_mask` [B, T].
 
@@ -100,7 +100,6 @@ class Gemma3CausalLM(keras.Model):
             inputs, the new token ids [B, max_length - longest prompt] (0 after a row stops).
         """
         token_inputs = isinstance(inputs, dict) and "token_ids" in inputs
-        original = inputs
         if not token_inputs and self.preprocessor is None:
             raise ValueError("This Gemma3CausalLM has no preprocessor, so `generate` takes token inputs only: "
                              "a dict with `token_ids` and `padding_mask`.")
@@ -109,10 +108,11 @@ class Gemma3CausalLM(keras.Model):
             raise ValueError("`max_length` is required for token inputs without a preprocessor.")
         if stop_token_ids == "auto":
             tokenizer = self.preprocessor.tokenizer if self.preprocessor else None
-            stop_token_ids = (tokenizer.end_token_id, tokenizer.end_of_turn_token_id) if tokenizer else (1, 106)
-        if not token_inputs:  # packed long enough that the check below, naming `max_length`, decides
-            inputs = self.preprocessor.generate_preprocess(inputs, max(max_length, self.preprocessor.sequence_length))
+            stop_token_ids = ((tokenizer.end_token_id, tokenizer.end_of_turn_token_id) if tokenizer
+                              else GEMMA_STOP_TOKEN_IDS)
         features = inputs
+        if not token_inputs:  # packed long enough that the check below, naming `max_length`, decides
+            features = self.preprocessor.generate_preprocess(inputs, max(max_length, self.preprocessor.sequence_length))
         features = {key: np.asarray(value) for key, value in features.items()}
         batched = features["token_ids"].ndim == 2
         if not batched:
@@ -130,7 +130,7 @@ class Gemma3CausalLM(keras.Model):
                                     max_length - longest, stop_token_ids, seed, **vision)
         if token_inputs:
             return new_ids if batched else new_ids[0]
-        prompts = original["prompts"] if isinstance(original, dict) else original
+        prompts = inputs["prompts"] if isinstance(inputs, dict) else inputs
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         texts = [prompt + completion for prompt, completion in
                  zip(prompts, self.preprocessor.generate_postprocess(new_ids))]

@@ -65,6 +65,7 @@ def left_align(values, lengths, length):
 
 
 MAX_STOP_TOKENS = 8
+GEMMA_STOP_TOKEN_IDS = (1, 106)  # <eos>, <end_of_turn>: the same ids in every Gemma 3 vocabulary
 
 
 def _bucket(value):
@@ -115,11 +116,10 @@ class Decoder:
         backbone = self.backbone
         batch, prompt_length = tf.shape(token_ids)[0], token_ids.shape[1]
         cache_length = prompt_length + capacity
-        prompt_mask = tf.sequence_mask(lengths, prompt_length, dtype=tf.int32)
-        # Left-align: rows end together at `prompt_length`.
+        # Left-align: rows end together at `prompt_length`, their padding in front.
         token_ids = left_align(token_ids, lengths, prompt_length)
-        key_mask = tf.concat([left_align(prompt_mask, lengths, prompt_length),
-                              tf.ones([batch, capacity], tf.int32)], axis=1)
+        prompt_mask = tf.range(prompt_length)[None, :] >= (prompt_length - lengths)[:, None]
+        key_mask = tf.concat([tf.cast(prompt_mask, tf.int32), tf.ones([batch, capacity], tf.int32)], axis=1)
         if vision is not None:
             images, vision_indices, vision_mask = vision
             # Real indices are > 0 (position 0 is BOS); the zero padding keeps pointing at position 0,
@@ -137,9 +137,7 @@ class Decoder:
         def body(step, logits, cache, generated, done):
             next_ids = self.sampler(logits, seed, step)
             next_ids = tf.where(done, self.pad_token_id, next_ids)
-            generated = tf.tensor_scatter_nd_update(
-                tf.transpose(generated), [[step]], next_ids[None])
-            generated = tf.transpose(generated)
+            generated = tf.tensor_scatter_nd_update(generated, [[step]], next_ids[None])
             done = tf.logical_or(done, tf.reduce_any(next_ids[:, None] == stop_ids[None], axis=-1))
             hidden, cache = call_with_cache(backbone, next_ids[:, None], key_mask, cache, prompt_length + step)
             return step + 1, self._logits(hidden[:, -1]), cache, generated, done
@@ -147,11 +145,11 @@ class Decoder:
         def cond(step, logits, cache, generated, done):
             return tf.logical_and(step < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
 
-        generated = tf.fill([batch, capacity], tf.constant(self.pad_token_id, tf.int32))
+        generated = tf.fill([capacity, batch], tf.constant(self.pad_token_id, tf.int32))  # time-major: a row per step
         done = tf.zeros([batch], tf.bool)
         _, _, _, generated, _ = tf.while_loop(
             cond, body, (tf.constant(0), logits, cache, generated, done), maximum_iterations=capacity)
-        return generated
+        return tf.transpose(generated)
 
     def _logits(self, hidden):
         """[B, D] -> float32 [B, V] through the tied embedding (and the final soft cap).

@@ -63,13 +63,9 @@ class Gemma3ImageConverter(keras.layers.Layer):
 
     def call(self, images):
         """One image (bytes or [H, W, 3]) or a batch (strings [N] or pixels [N, H, W, 3])."""
-        if isinstance(images, (bytes, str)) or (hasattr(images, "dtype") and images.dtype == tf.string):
-            images = tf.convert_to_tensor(images, tf.string)
-            if images.shape.rank == 0:
-                return self._one(images)
-            return tf.map_fn(self._one, images, fn_output_signature=tf.float32)
-        images = tf.convert_to_tensor(images)
-        if images.shape.rank == 3:
+        encoded = isinstance(images, (bytes, str)) or getattr(images, "dtype", None) == tf.string
+        images = tf.convert_to_tensor(images, tf.string if encoded else None)
+        if images.shape.rank == (0 if encoded else 3):
             return self._one(images)
         return tf.map_fn(self._one, images, fn_output_signature=tf.float32)
 
@@ -240,7 +236,6 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         batched = token_ids.ndim == 2
         rows = token_ids if batched else token_ids[None]
         strip = set(self.tokenizer.special_token_ids) - {self.tokenizer.start_of_image_token_id}
-        strip |= {self.tokenizer.end_of_turn_token_id, self.tokenizer.start_of_turn_token_id}
         kept = tf.ragged.constant([[int(t) for t in row if int(t) not in strip] for row in rows], dtype=tf.int32)
         texts = [t.decode("utf-8") for t in self.tokenizer.detokenize(kept).numpy()]
         return texts if batched else texts[0]

@@ -56,6 +56,16 @@ def build_pair(tmp_path, config=TEXT_CONFIG, vision=False, seed=0):
     return reference, ours
 
 
+def save_keras_hub_preset(path, tiny_proto, vision=False, max_shard_size=10):
+    """A preset directory written by keras-hub itself; returns its backbone."""
+    encoder = keras_hub.models.Gemma3VisionEncoder(**VISION_CONFIG) if vision else None
+    backbone = keras_hub.models.Gemma3Backbone(**TEXT_CONFIG, vision_encoder=encoder)
+    randomize(backbone)
+    backbone.save_to_preset(str(path), max_shard_size=max_shard_size)
+    keras_hub.models.Gemma3Tokenizer(tiny_proto).save_to_preset(str(path))
+    return backbone
+
+
 def text_inputs(batch=3, length=12, vocabulary_size=64, seed=1):
     """Right-padded rows of different lengths (row 0 is full)."""
     rng = np.random.default_rng(seed)

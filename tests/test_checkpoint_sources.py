@@ -6,13 +6,12 @@ unreachable hub is simulated (HF's offline mode; a failing kagglehub download)."
 import pathlib
 import shutil
 
-import keras_hub
 import numpy as np
 import pytest
 
 import gemma3_tf
 from gemma3_tf.checkpoints import PresetUnavailableError, open_checkpoint
-from keras_hub_oracle import TEXT_CONFIG, randomize
+from keras_hub_oracle import save_keras_hub_preset
 
 HF_TINY = pathlib.Path(__file__).parent / "data" / "hf_tiny"
 
@@ -41,14 +40,6 @@ def test_hf_offline_and_uncached_says_what_to_download(hf_offline):
     with pytest.raises(PresetUnavailableError, match=r"Cannot fetch `config.json` of hf://google/gemma-3-1b-pt .*"
                                                      r"huggingface-cli download google/gemma-3-1b-pt --local-dir DIR"):
         gemma3_tf.Gemma3Backbone.from_preset("hf://google/gemma-3-1b-pt")
-
-
-def save_keras_hub_preset(path, tiny_proto):
-    backbone = keras_hub.models.Gemma3Backbone(**TEXT_CONFIG)
-    randomize(backbone)
-    backbone.save_to_preset(str(path))
-    keras_hub.models.Gemma3Tokenizer(tiny_proto).save_to_preset(str(path))
-    return backbone
 
 
 def cache_kaggle_model(handle, tiny_proto):

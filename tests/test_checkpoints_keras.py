@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import gemma3_tf
-from keras_hub_oracle import TEXT_CONFIG, VISION_CONFIG, randomize, text_inputs, vision_inputs
+from keras_hub_oracle import TEXT_CONFIG, VISION_CONFIG, randomize, save_keras_hub_preset, text_inputs, vision_inputs
 
 TOLERANCE = 1e-4
 # Plain text: keras-hub's SentencePiece does not split control pieces out of text (ours does, as HF's).
@@ -19,16 +19,6 @@ TEXTS = ["Hello world", "def f(x):\n    return x * 2", "你好 quick   fox"]
 def token_ids(tokenizer):
     ids = tokenizer(tf.constant(TEXTS))
     return ids.to_list() if hasattr(ids, "to_list") else ids
-
-
-def keras_hub_preset(path, tiny_proto, vision=False, max_shard_size=10):
-    """A preset directory written by keras-hub itself; returns its backbone."""
-    encoder = keras_hub.models.Gemma3VisionEncoder(**VISION_CONFIG) if vision else None
-    backbone = keras_hub.models.Gemma3Backbone(**TEXT_CONFIG, vision_encoder=encoder)
-    randomize(backbone)
-    backbone.save_to_preset(str(path), max_shard_size=max_shard_size)
-    keras_hub.models.Gemma3Tokenizer(tiny_proto).save_to_preset(str(path))
-    return backbone
 
 
 def inputs_for(vision):
@@ -42,7 +32,7 @@ def assert_same_outputs(reference, ours, vision):
 
 @pytest.mark.parametrize("vision", [False, True])
 def test_keras_hub_preset_loads(tmp_path, tiny_proto, vision):
-    reference = keras_hub_preset(tmp_path, tiny_proto, vision)
+    reference = save_keras_hub_preset(tmp_path, tiny_proto, vision)
     ours = gemma3_tf.Gemma3Backbone.from_preset(str(tmp_path))
     assert_same_outputs(reference, ours, vision)
     tokenizer = gemma3_tf.Gemma3Tokenizer.from_preset(str(tmp_path))
@@ -51,7 +41,7 @@ def test_keras_hub_preset_loads(tmp_path, tiny_proto, vision):
 
 
 def test_sharded_keras_hub_preset_loads(tmp_path, tiny_proto):
-    reference = keras_hub_preset(tmp_path, tiny_proto, max_shard_size=0.00002)
+    reference = save_keras_hub_preset(tmp_path, tiny_proto, max_shard_size=0.00002)
     assert (tmp_path / "model.weights.json").exists() and not (tmp_path / "model.weights.h5").exists()
     assert_same_outputs(reference, gemma3_tf.Gemma3Backbone.from_preset(str(tmp_path)), vision=False)
 
@@ -82,7 +72,7 @@ def test_keras_hub_loads_our_preset(tmp_path, tiny_proto, vision):
 
 
 def test_load_weights_false_and_overrides(tmp_path, tiny_proto):
-    keras_hub_preset(tmp_path, tiny_proto)
+    save_keras_hub_preset(tmp_path, tiny_proto)
     fresh = gemma3_tf.Gemma3Backbone.from_preset(str(tmp_path), load_weights=False, dtype="bfloat16", dropout=0.1)
     assert fresh.num_layers == TEXT_CONFIG["num_layers"] and fresh.dropout == 0.1
     assert fresh.dtype_policy.name == "bfloat16"
@@ -91,7 +81,7 @@ def test_load_weights_false_and_overrides(tmp_path, tiny_proto):
 
 
 def test_config_that_does_not_match_the_weights(tmp_path, tiny_proto):
-    keras_hub_preset(tmp_path, tiny_proto)
+    save_keras_hub_preset(tmp_path, tiny_proto)
     config = json.loads((tmp_path / "config.json").read_text())
     config["config"]["intermediate_dim"] = 48
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -106,7 +96,7 @@ def test_config_that_does_not_match_the_weights(tmp_path, tiny_proto):
 
 def test_damaged_and_foreign_directories(tmp_path, tiny_proto):
     preset = tmp_path / "preset"
-    keras_hub_preset(preset, tiny_proto)
+    save_keras_hub_preset(preset, tiny_proto)
     weights = preset / "model.weights.h5"
     weights.write_bytes(weights.read_bytes()[:20000])
     with pytest.raises(ValueError, match=r"model.weights.h5 is not a readable HDF5 weights file \(truncated"):
