@@ -68,11 +68,6 @@ def gguf_checkpoint(gguf_path):
 
 
 @pytest.fixture(scope="session")
-def gguf_reader(gguf_checkpoint):
-    return gguf_checkpoint.reader
-
-
-@pytest.fixture(scope="session")
 def real_tokenizer(gguf_checkpoint):
     """Gemma3Tokenizer with the real vocabulary, rebuilt from the GGUF metadata."""
     from gemma3_tf import Gemma3Tokenizer

@@ -22,8 +22,8 @@ def test_real_270m_logits_match_hf_transformers(real_causal_lm, hf_reference_270
 
 
 @pytest.mark.slow
-def test_real_270m_config_from_metadata(gguf_reader):
-    config = gguf.backbone_config(gguf_reader)
+def test_real_270m_config_from_metadata(gguf_checkpoint):
+    config = gguf_checkpoint.backbone_config()
     expected = {"vocabulary_size": 262144, "num_layers": 18, "num_query_heads": 4, "num_key_value_heads": 1,
                 "hidden_dim": 640, "intermediate_dim": 2048, "head_dim": 256, "sliding_window_size": 512,
                 "query_head_dim_normalize": True, "global_rope_scaling_factor": 1.0}
@@ -105,5 +105,5 @@ def test_errors_name_the_problem(tmp_path):
         gguf.load_weights(one_layer, reader, progress=False)
 
     wider = gemma3_tf.Gemma3Backbone(**dict(gguf.backbone_config(reader), intermediate_dim=32))
-    with pytest.raises(ValueError, match=r"`blk.0.ffn_gate.weight` has shape \(8, 16\) .* expects \(8, 32\)"):
+    with pytest.raises(ValueError, match=r"`blk.0.ffn_gate.weight` has shape \(16, 8\) .* expects \(8, 32\)"):
         gguf.load_weights(wider, reader, progress=False)

@@ -10,6 +10,7 @@ import os
 
 import gguf
 import numpy as np
+import tensorflow as tf
 from tqdm.auto import tqdm
 
 from gemma3_tf.checkpoints import layouts
@@ -106,11 +107,16 @@ def _target(name):
     return None
 
 
-def load_weights(backbone, reader, progress=True):
-    """Dequantizes every tensor of `reader` into `backbone`; all weights must be covered exactly once."""
+# Rows dequantized at a time: the 262144 x 640 embedding would otherwise need ~2 GB of
+# float32 temporaries (gguf's dequantizer, then the tensor handed to TensorFlow) at its peak.
+_CHUNK_ROWS = 16384
+
+
+def _plan(backbone, reader):
+    """[(tensor, variable, layout)] for every tensor of `reader`, validated before anything is assigned."""
     variables = {variable.path: variable for variable in backbone.weights}
-    loaded = set()
-    for tensor in tqdm(reader.tensors, desc="Dequantizing GGUF", unit="tensor", disable=not progress):
+    plan, covered = [], set()
+    for tensor in reader.tensors:
         target = _target(tensor.name)
         if target is None:
             raise ValueError(f"GGUF tensor `{tensor.name}` has no place in a Gemma 3 text model.")
@@ -120,41 +126,77 @@ def load_weights(backbone, reader, progress=True):
                 f"GGUF tensor `{tensor.name}` maps to `{path}`, which this model does not have "
                 f"(the configuration has {backbone.num_layers} layers)."
             )
-        try:
-            array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        except NotImplementedError as error:
-            raise ValueError(
-                f"GGUF tensor `{tensor.name}` uses quantization {tensor.tensor_type.name}, "
-                f"which the gguf package cannot dequantize: {error}"
-            ) from error
         variable = variables[path]
-        array = layouts.to_keras(np.asarray(array, "float32"), layout, tuple(variable.shape))
-        if tuple(array.shape) != tuple(variable.shape):
+        stored_shape = tuple(int(size) for size in reversed(tensor.shape))  # GGUF lists dims innermost first
+        if stored_shape != layouts.expected_shape(tuple(variable.shape), layout):
             raise ValueError(
-                f"GGUF tensor `{tensor.name}` has shape {tuple(array.shape)} after conversion; "
+                f"GGUF tensor `{tensor.name}` has shape {stored_shape} (llama.cpp's layout); "
                 f"`{path}` expects {tuple(variable.shape)}."
             )
-        variable.assign(array)
-        loaded.add(path)
-    missing = sorted(set(variables) - loaded)
+        plan.append((tensor, variable, layout))
+        covered.add(path)
+    missing = sorted(set(variables) - covered)
     if missing:
         raise ValueError(f"The GGUF file lacks {len(missing)} weights of the model, e.g. {missing[:3]}.")
+    return plan
+
+
+def _dequantize(tensor, rows=slice(None)):
+    try:
+        return np.asarray(gguf.quants.dequantize(tensor.data[rows], tensor.tensor_type), "float32")
+    except NotImplementedError as error:
+        raise ValueError(
+            f"GGUF tensor `{tensor.name}` uses quantization {tensor.tensor_type.name}, "
+            f"which the gguf package cannot dequantize: {error}"
+        ) from error
+
+
+def load_weights(backbone, reader, progress=True):
+    """Dequantizes every tensor of `reader` into `backbone`; all weights must be covered exactly once."""
+    for tensor, variable, layout in tqdm(
+        _plan(backbone, reader), desc="Dequantizing GGUF", unit="tensor", disable=not progress
+    ):
+        if layout == layouts.NONE and variable.shape[0] > _CHUNK_ROWS:
+            # Rows scattered into the TF variable behind the Keras one: a slice `assign` would first
+            # read the variable, and writing to a buffer that is also read copies all of it.
+            for start in range(0, variable.shape[0], _CHUNK_ROWS):
+                rows = _dequantize(tensor, slice(start, start + _CHUNK_ROWS))
+                variable.value.scatter_update(
+                    tf.IndexedSlices(tf.cast(rows, variable.dtype), tf.range(start, start + len(rows)))
+                )
+        else:
+            variable.assign(layouts.to_keras(_dequantize(tensor), layout, tuple(variable.shape)))
 
 
 class GGUFCheckpoint:
-    """A `.gguf` file: configuration, weights and tokenizer all come from it, parsed once."""
+    """A `.gguf` file: configuration, weights and tokenizer all come from it, parsed once.
+
+    The configuration and the tokenizer are read on opening; then the reader's vocabulary
+    arrays (about 0.65 GB of numpy views for 262k pieces) are dropped, so they are not held
+    while the weights are dequantized.
+    """
 
     format = "gguf"
 
     def __init__(self, path):
         self.path = path
         self.reader = open_gguf(path)
+        self._config = backbone_config(self.reader)
+        try:
+            self._tokenizer_proto = sentencepiece_proto_from_gguf(self.reader)
+        except ValueError as error:  # a file without a tokenizer still gives a backbone
+            self._tokenizer_proto = error
+        for name in [name for name in self.reader.fields if name.startswith("tokenizer.ggml.")]:
+            if self.reader.fields[name].types[0] == gguf.GGUFValueType.ARRAY:
+                del self.reader.fields[name]
 
     def backbone_config(self):
-        return backbone_config(self.reader)
+        return dict(self._config)
 
     def load_weights(self, backbone, progress=True):
         load_weights(backbone, self.reader, progress=progress)
 
     def tokenizer_proto(self):
-        return sentencepiece_proto_from_gguf(self.reader)
+        if isinstance(self._tokenizer_proto, ValueError):
+            raise self._tokenizer_proto
+        return self._tokenizer_proto
