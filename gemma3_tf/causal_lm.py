@@ -73,19 +73,21 @@ class Gemma3CausalLM(keras.Model):
         self._decoder = None
 
     def generate_ids(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=GEMMA_STOP_TOKEN_IDS, seed=None,
-                     images=None, vision_indices=None, vision_mask=None):
+                     images=None, vision_indices=None, vision_mask=None, on_step=None):
         """New token ids [B, max_new_tokens] after right-padded prompts `token_ids`/`padding_mask` [B, T].
 
         One XLA-compiled prefill + decode loop per (batch, prompt-length bucket, new-token bucket),
         buckets being powers of two; a row stops after a token in `stop_token_ids` and is padded
-        with 0 from there.
+        with 0 from there. `on_step(ids)` receives each step's ids [B] as they are generated (the
+        decode steps then run one compiled call each).
         """
         if getattr(self, "_decoder", None) is None:
             self._decoder = Decoder(self.backbone, getattr(self, "sampler", "greedy"))
         vision = None if images is None else (images, vision_indices, vision_mask)
-        return self._decoder(token_ids, padding_mask, max_new_tokens, stop_token_ids, seed=seed, vision=vision)
+        return self._decoder(token_ids, padding_mask, max_new_tokens, stop_token_ids, seed=seed, vision=vision,
+                             on_step=on_step)
 
-    def generate(self, inputs, max_length=None, stop_token_ids="auto", seed=None):
+    def generate(self, inputs, max_length=None, stop_token_ids="auto", seed=None, stream=None):
         """Generates text after prompts, as keras-hub's `generate`.
 
         Args:
@@ -96,6 +98,9 @@ class Gemma3CausalLM(keras.Model):
                 `sequence_length`); must exceed the longest prompt.
             stop_token_ids: `"auto"` (`<eos>` and `<end_of_turn>`), ids, or None to run to `max_length`.
             seed: for random samplers (see `compile(sampler=...)`); None draws one.
+            stream: a callable given, after each generated token, the new text of each row (a
+                list, "" for rows with nothing new; one string for one prompt), or the new ids
+                for token inputs.
         Returns: prompt + completion strings (one string for one prompt); for preprocessed token
             inputs, the new token ids [B, max_length - longest prompt] (0 after a row stops).
         """
@@ -126,8 +131,11 @@ class Gemma3CausalLM(keras.Model):
         if features.get("images") is not None and features["images"].shape[1] > 0:
             vision = {"images": features["images"], "vision_indices": features["vision_indices"],
                       "vision_mask": features["vision_mask"][:, :longest]}
+        on_step = None
+        if stream is not None:
+            on_step = self._ids_stream(stream, batched) if token_inputs else self._text_stream(stream, batched)
         new_ids = self.generate_ids(features["token_ids"][:, :longest], features["padding_mask"][:, :longest],
-                                    max_length - longest, stop_token_ids, seed, **vision)
+                                    max_length - longest, stop_token_ids, seed, **vision, on_step=on_step)
         if token_inputs:
             return new_ids if batched else new_ids[0]
         prompts = inputs["prompts"] if isinstance(inputs, dict) else inputs
@@ -135,3 +143,25 @@ class Gemma3CausalLM(keras.Model):
         texts = [prompt + completion for prompt, completion in
                  zip(prompts, self.preprocessor.generate_postprocess(new_ids))]
         return texts if batched else texts[0]
+
+    @staticmethod
+    def _ids_stream(stream, batched):
+        return lambda ids: stream(ids if batched else ids[0])
+
+    def _text_stream(self, stream, batched):
+        """An `on_step` that detokenizes each row's ids so far and passes on the text not yet sent."""
+        generated, sent = [], None
+
+        def on_step(ids):
+            nonlocal sent
+            generated.append(ids)
+            texts = self.preprocessor.generate_postprocess(np.stack(generated, axis=1))
+            sent = sent or [""] * len(texts)
+            pieces = []
+            for row, text in enumerate(texts):
+                text = text.rstrip("\ufffd")  # an incomplete UTF-8 character: its other bytes are still to come
+                pieces.append(text[len(sent[row]):] if text.startswith(sent[row]) else "")
+                sent[row] = max(sent[row], text, key=len)
+            stream(pieces if batched else pieces[0])
+
+        return on_step

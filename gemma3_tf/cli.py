@@ -67,12 +67,22 @@ def _generate(args):
     features = causal_lm.preprocessor.generate_preprocess(inputs, args.max_length)
     features = {key: np.asarray(value) for key, value in features.items()}
     prompt_length = int(features["padding_mask"].sum())
+    count = 0
+
+    def show(piece):
+        nonlocal count
+        count += 1
+        print(piece[0], end="", flush=True)
+
     start = time.perf_counter()
-    new_ids = causal_lm.generate(features, max_length=args.max_length, seed=args.seed)
+    if args.stream:
+        causal_lm.generate(inputs, max_length=args.max_length, seed=args.seed, stream=show)
+        print()
+    else:
+        new_ids = causal_lm.generate(features, max_length=args.max_length, seed=args.seed)
+        count = int((new_ids[0] != 0).sum())
+        print(causal_lm.preprocessor.generate_postprocess(new_ids)[0])
     seconds = time.perf_counter() - start
-    completion = causal_lm.preprocessor.generate_postprocess(new_ids)[0]
-    count = int((new_ids[0] != 0).sum())
-    print(completion)
     print(f"[{count} new tokens after {prompt_length} prompt tokens in {seconds:.2f} s: "
           f"{count / seconds:.1f} tokens/s, compile included on the first call]", file=sys.stderr)
 
@@ -106,6 +116,8 @@ def build_parser():
     generate.add_argument("--seed", type=int, default=None)
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat turns")
     generate.add_argument("--dtype", default=None, help="e.g. bfloat16")
+    generate.add_argument("--stream", action="store_true",
+                          help="print each token as it is generated (one compiled call per token)")
     generate.set_defaults(run=_generate)
     return parser
 

@@ -78,7 +78,8 @@ class Decoder:
 
     The prompt length and the number of new tokens are rounded up to powers of two; stop ids,
     the seed and the actual number of new tokens are runtime inputs, so calls of other lengths
-    within a bucket reuse the compiled function.
+    within a bucket reuse the compiled function. With `on_step`, the prefill and each decode
+    step are compiled separately and the loop runs in Python, so each step's ids reach the host.
     """
 
     def __init__(self, backbone, sampler="greedy", pad_token_id=0):
@@ -86,10 +87,14 @@ class Decoder:
         self.sampler = samplers_lib.get(sampler)
         self.pad_token_id = pad_token_id
         self._generate = tf.function(self._generate_eager, jit_compile=True)
+        self._prefill = tf.function(self._prefill_eager, jit_compile=True)
+        self._step = tf.function(self._step_eager, jit_compile=True)
 
-    def __call__(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=(), seed=None, vision=None):
+    def __call__(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=(), seed=None, vision=None,
+                 on_step=None):
         """token_ids, padding_mask: [B, T] right-padded prompts. Returns new ids [B, max_new_tokens]
-        (pad after a row's stop token; the stop token itself is kept) as a numpy array."""
+        (pad after a row's stop token; the stop token itself is kept) as a numpy array.
+        `on_step(ids)`, if given, receives each step's ids [B] as they are generated."""
         stop_token_ids = tuple(stop_token_ids or ())
         if len(stop_token_ids) > MAX_STOP_TOKENS:
             raise ValueError(f"`stop_token_ids` holds {len(stop_token_ids)} ids; at most {MAX_STOP_TOKENS}.")
@@ -99,12 +104,29 @@ class Decoder:
         token_ids = np.pad(token_ids, [(0, 0), (0, bucket - token_ids.shape[1])])
         if seed is None:
             seed = self.sampler.seed if self.sampler.seed is not None else np.random.randint(2**31)
+        seed = tf.constant(seed, tf.int64)
         stops = np.full([MAX_STOP_TOKENS], -1, "int32")
         stops[: len(stop_token_ids)] = stop_token_ids
         vision = None if vision is None else self._pad_vision(vision, bucket)
-        generated = self._generate(token_ids, lengths, tf.constant(seed, tf.int64), tf.constant(max_new_tokens),
-                                   stops, _bucket(max_new_tokens), vision)
-        return generated.numpy()[:, :max_new_tokens]
+        if on_step is None:
+            generated = self._generate(token_ids, lengths, seed, tf.constant(max_new_tokens), stops,
+                                       _bucket(max_new_tokens), vision)
+            return generated.numpy()[:, :max_new_tokens]
+        return self._stream(token_ids, lengths, seed, max_new_tokens, stops, vision, on_step)
+
+    def _stream(self, token_ids, lengths, seed, max_new_tokens, stop_ids, vision, on_step):
+        logits, cache, key_mask = self._prefill(token_ids, lengths, _bucket(max_new_tokens), vision)
+        generated = np.full([len(token_ids), max_new_tokens], self.pad_token_id, "int32")
+        done = tf.zeros([len(token_ids)], tf.bool)
+        for step in range(max_new_tokens):
+            position = tf.constant(token_ids.shape[1] + step)
+            next_ids, logits, cache, done = self._step(logits, cache, key_mask, seed, tf.constant(step), position,
+                                                       stop_ids, done)
+            generated[:, step] = next_ids.numpy()
+            on_step(generated[:, step].copy())
+            if done.numpy().all():
+                break
+        return generated
 
     @staticmethod
     def _pad_vision(vision, bucket):
@@ -112,10 +134,11 @@ class Decoder:
         vision_mask = np.pad(np.asarray(vision_mask, "int32"), [(0, 0), (0, bucket - np.shape(vision_mask)[1])])
         return np.asarray(images, "float32"), np.asarray(vision_indices, "int32"), vision_mask
 
-    def _generate_eager(self, token_ids, lengths, seed, max_new_tokens, stop_ids, capacity, vision=None):
+    def _prefill_eager(self, token_ids, lengths, capacity, vision=None):
+        """Runs the prompts [B, T] into a fresh cache with room for `capacity` new tokens.
+        Returns (logits of the next token [B, V], cache, key mask [B, T + capacity])."""
         backbone = self.backbone
         batch, prompt_length = tf.shape(token_ids)[0], token_ids.shape[1]
-        cache_length = prompt_length + capacity
         # Left-align: rows end together at `prompt_length`, their padding in front.
         token_ids = left_align(token_ids, lengths, prompt_length)
         prompt_mask = tf.range(prompt_length)[None, :] >= (prompt_length - lengths)[:, None]
@@ -129,22 +152,34 @@ class Decoder:
             vision = (images, vision_indices, left_align(vision_mask, lengths, prompt_length))
 
         dtype = backbone.token_embedding.compute_dtype
-        shape = [batch, cache_length, backbone.num_key_value_heads, backbone.head_dim]
+        shape = [batch, prompt_length + capacity, backbone.num_key_value_heads, backbone.head_dim]
         cache = [(tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(backbone.num_layers)]
         hidden, cache = call_with_cache(backbone, token_ids, key_mask, cache, 0, vision)
-        logits = self._logits(hidden[:, -1])
+        return self._logits(hidden[:, -1]), cache, key_mask
+
+    def _step_eager(self, logits, cache, key_mask, seed, step, position, stop_ids, done):
+        """Samples the next ids [B] from `logits` and runs them at cache `position`.
+        Returns (ids, their successors' logits, cache, done)."""
+        next_ids = self.sampler(logits, seed, step)
+        next_ids = tf.where(done, self.pad_token_id, next_ids)
+        done = tf.logical_or(done, tf.reduce_any(next_ids[:, None] == stop_ids[None], axis=-1))
+        hidden, cache = call_with_cache(self.backbone, next_ids[:, None], key_mask, cache, position)
+        return next_ids, self._logits(hidden[:, -1]), cache, done
+
+    def _generate_eager(self, token_ids, lengths, seed, max_new_tokens, stop_ids, capacity, vision=None):
+        logits, cache, key_mask = self._prefill_eager(token_ids, lengths, capacity, vision)
+        prompt_length = token_ids.shape[1]
 
         def body(step, logits, cache, generated, done):
-            next_ids = self.sampler(logits, seed, step)
-            next_ids = tf.where(done, self.pad_token_id, next_ids)
+            next_ids, logits, cache, done = self._step_eager(
+                logits, cache, key_mask, seed, step, prompt_length + step, stop_ids, done)
             generated = tf.tensor_scatter_nd_update(generated, [[step]], next_ids[None])
-            done = tf.logical_or(done, tf.reduce_any(next_ids[:, None] == stop_ids[None], axis=-1))
-            hidden, cache = call_with_cache(backbone, next_ids[:, None], key_mask, cache, prompt_length + step)
-            return step + 1, self._logits(hidden[:, -1]), cache, generated, done
+            return step + 1, logits, cache, generated, done
 
         def cond(step, logits, cache, generated, done):
             return tf.logical_and(step < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
 
+        batch = tf.shape(token_ids)[0]
         generated = tf.fill([capacity, batch], tf.constant(self.pad_token_id, tf.int32))  # time-major: a row per step
         done = tf.zeros([batch], tf.bool)
         _, _, _, generated, _ = tf.while_loop(

@@ -42,3 +42,7 @@ def test_generate_prints_the_completion_and_speed(tmp_path, tiny_proto, capsys):
     cli.main(["generate", "Hello world", "--preset", str(tmp_path), "--max_length", "20", "--sampler", "top_k",
               "--seed", "1"])
     assert capsys.readouterr().out == first.out  # seeded: the same completion
+    cli.main(["generate", "Hello world", "--preset", str(tmp_path), "--max_length", "20", "--sampler", "top_k",
+              "--seed", "1", "--stream"])
+    streamed = capsys.readouterr()
+    assert streamed.out == first.out and first.err.split(" in ")[0] == streamed.err.split(" in ")[0]

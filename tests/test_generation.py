@@ -94,6 +94,23 @@ def test_generation_with_images_matches_uncached_reference(vision_lm):
         assert_greedy_consistent(vision_lm, prompt, generated[row], **vision)
 
 
+def test_streamed_steps_equal_the_fused_loop(text_lm):
+    inputs = text_inputs(batch=2, length=8)
+    decoder = Decoder(text_lm.backbone, samplers.TopKSampler(k=5, temperature=3.0))
+    fused = decoder(inputs["token_ids"], inputs["padding_mask"], 12, seed=4)
+    stop = int(fused[0, 2])
+    for stop_ids in [(), (stop,)]:
+        expected = decoder(inputs["token_ids"], inputs["padding_mask"], 12, stop_token_ids=stop_ids, seed=4)
+        steps = []
+        streamed = decoder(inputs["token_ids"], inputs["padding_mask"], 12, stop_token_ids=stop_ids, seed=4,
+                           on_step=steps.append)
+        np.testing.assert_array_equal(streamed, expected)
+        np.testing.assert_array_equal(np.stack(steps, axis=1), expected[:, : len(steps)])
+        if stop_ids:  # no step after the last row's stop
+            last_step = max(list(row).index(stop) if stop in row else 11 for row in expected)
+            assert len(steps) == last_step + 1 and (expected[:, len(steps):] == 0).all()
+
+
 def test_seeded_samplers_are_reproducible_and_respect_their_rules(text_lm):
     inputs = text_inputs(batch=2, length=8)
     prompt_ids, mask = inputs["token_ids"], inputs["padding_mask"]
@@ -134,3 +151,13 @@ def test_real_270m_greedy_matches_hf_transformers(real_causal_lm, hf_reference_2
         token_ids = np.array([case["input_ids"]], "int32")
         generated = real_causal_lm.generate_ids(token_ids, np.ones_like(token_ids), 32, stop_token_ids=())
         assert generated[0].tolist() == case["greedy_ids"], case["prompt"]
+
+
+@pytest.mark.slow
+def test_real_270m_streamed_text_adds_up_to_the_completion(real_causal_lm):
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    pieces = []
+    completions = real_causal_lm.generate(prompts, max_length=24, stream=pieces.append)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        assert prompt + "".join(step[row] for step in pieces) == completion
+    assert len(pieces) > 1 and all(len(step) == 2 for step in pieces)
