@@ -133,7 +133,8 @@ class Gemma3CausalLM(keras.Model):
                       "vision_mask": features["vision_mask"][:, :longest]}
         on_step = None
         if stream is not None:
-            on_step = self._ids_stream(stream, batched) if token_inputs else self._text_stream(stream, batched)
+            on_step = (self._ids_stream(stream, batched) if token_inputs else
+                       self._text_stream(stream, batched, max_length - longest, stop_token_ids))
         new_ids = self.generate_ids(features["token_ids"][:, :longest], features["padding_mask"][:, :longest],
                                     max_length - longest, stop_token_ids, seed, **vision, on_step=on_step)
         if token_inputs:
@@ -148,20 +149,32 @@ class Gemma3CausalLM(keras.Model):
     def _ids_stream(stream, batched):
         return lambda ids: stream(ids if batched else ids[0])
 
-    def _text_stream(self, stream, batched):
-        """An `on_step` that detokenizes each row's ids so far and passes on the text not yet sent."""
-        generated, sent = [], None
+    def _text_stream(self, stream, batched, max_new_tokens, stop_token_ids):
+        return _TextStream(self.preprocessor, stream, batched, max_new_tokens, stop_token_ids)
 
-        def on_step(ids):
-            nonlocal sent
-            generated.append(ids)
-            texts = self.preprocessor.generate_postprocess(np.stack(generated, axis=1))
-            sent = sent or [""] * len(texts)
-            pieces = []
-            for row, text in enumerate(texts):
-                text = text.rstrip("\ufffd")  # an incomplete UTF-8 character: its other bytes are still to come
-                pieces.append(text[len(sent[row]):] if text.startswith(sent[row]) else "")
-                sent[row] = max(sent[row], text, key=len)
-            stream(pieces if batched else pieces[0])
 
-        return on_step
+class _TextStream:
+    """An `on_step` that detokenizes each row's ids so far and passes on the text not yet sent: one
+    call per generated token.
+
+    Text ending in an incomplete UTF-8 character (U+FFFD from byte tokens whose other bytes are
+    still to come) is held back, except at the last step, which sends all that is left.
+    """
+
+    def __init__(self, preprocessor, stream, batched, max_new_tokens, stop_token_ids):
+        self.preprocessor, self.stream, self.batched = preprocessor, stream, batched
+        self.max_new_tokens, self.stop_token_ids = max_new_tokens, list(stop_token_ids or ())
+        self.generated, self.sent = [], None
+
+    def __call__(self, ids):
+        self.generated.append(ids)
+        generated = np.stack(self.generated, axis=1)
+        last = len(self.generated) == self.max_new_tokens or np.isin(generated, self.stop_token_ids).any(-1).all()
+        texts = self.preprocessor.generate_postprocess(generated)
+        self.sent = self.sent or [""] * len(texts)
+        pieces = []
+        for row, text in enumerate(texts):
+            text = text if last else text.rstrip("\ufffd")
+            pieces.append(text[len(self.sent[row]):] if text.startswith(self.sent[row]) else "")
+            self.sent[row] = max(self.sent[row], text, key=len)
+        self.stream(pieces if self.batched else pieces[0])
