@@ -119,10 +119,22 @@ def build_parser():
     generate.add_argument("--stream", action="store_true",
                           help="print each token as it is generated (one compiled call per token)")
     generate.set_defaults(run=_generate)
+    for name, module in _JOBS.items():  # listed in --help; `main` hands their flags over
+        commands.add_parser(name, help=f"run {module} (see `gemma3-tf {name} --help`)", add_help=False)
     return parser
 
 
+# Commands that are jobs of their own, with their own flags (Beam pipeline options included).
+_JOBS = {"preprocess": "pipelines.preprocess"}
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _JOBS:
+        import importlib
+
+        importlib.import_module(_JOBS[argv[0]]).main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -40,6 +40,21 @@ def chat_prompt(turns, add_generation_prompt=True):
     return text
 
 
+def training_targets(features):
+    """Training features (`token_ids`, `padding_mask`, `loss_mask`, optional vision inputs; [B, T] or
+    [T]) -> (model inputs, labels, sample_weight): position t is trained to predict token t + 1,
+    weighted where that token is a response token."""
+
+    def shift(values):  # values[..., t + 1] at t, 0 at the end
+        paddings = [[0, 0]] * (values.shape.rank - 1) + [[0, 1]]
+        return tf.pad(values[..., 1:], paddings)
+
+    inputs = {key: value for key, value in features.items() if key != "loss_mask"}
+    labels = shift(features["token_ids"])
+    weights = tf.cast(shift(features["loss_mask"] * features["padding_mask"]), tf.float32)
+    return inputs, labels, weights
+
+
 @keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3ImageConverter(keras.layers.Layer):
     """Images -> float32 [..., image_size, image_size, 3] in [-1, 1] (resize, then x / 127.5 - 1).
@@ -55,11 +70,14 @@ class Gemma3ImageConverter(keras.layers.Layer):
         self._allow_non_tensor_positional_args = True
         self.built = True
 
-    def _one(self, image):
+    def resize(self, image):
+        """One image (encoded bytes or [H, W, 3]) -> float32 [image_size, image_size, 3] in [0, 255]."""
         if image.dtype == tf.string:
             image = tf.io.decode_image(image, channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), [self.image_size, self.image_size])
-        return image / 127.5 - 1.0
+        return tf.image.resize(tf.cast(image, tf.float32), [self.image_size, self.image_size])
+
+    def _one(self, image):
+        return self.resize(image) / 127.5 - 1.0
 
     def call(self, images):
         """One image (bytes or [H, W, 3]) or a batch (strings [N] or pixels [N, H, W, 3])."""
@@ -161,21 +179,26 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
                                         dtype=tf.int32)
         return tf.cast(token_ids, tf.int32), padding_mask
 
-    def _vision_inputs(self, token_ids, images):
-        """Images padded to `max_images_per_prompt` per row (none at all for a text-only batch)."""
+    def _vision_positions(self, token_ids, num_images):
+        """`vision_mask` [B, T] and `vision_indices` [B, num_images * tokens per image] (zero-padded)."""
         vision_mask = tf.cast(token_ids == self.tokenizer.image_placeholder_id, tf.int32)
-        has_images = images is not None and any(images)
-        count = self.max_images_per_prompt if has_images else 0
         positions = tf.ragged.boolean_mask(
             tf.broadcast_to(tf.range(tf.shape(token_ids)[1]), tf.shape(token_ids)), vision_mask > 0)
-        vision_indices = positions.to_tensor(default_value=0, shape=[None, count * self.num_vision_tokens_per_image])
+        vision_indices = positions.to_tensor(default_value=0,
+                                             shape=[None, num_images * self.num_vision_tokens_per_image])
+        return {"vision_mask": vision_mask, "vision_indices": tf.cast(vision_indices, tf.int32)}
+
+    def _vision_inputs(self, token_ids, images):
+        """Images padded to `max_images_per_prompt` per row (none at all for a text-only batch)."""
+        has_images = images is not None and any(images)
+        count = self.max_images_per_prompt if has_images else 0
         size = self.image_converter.image_size
         pixels = tf.zeros([tf.shape(token_ids)[0], count, size, size, 3])
         if count:
             pixels = tf.stack([
                 tf.stack(self._convert_row(row, number) + [tf.zeros([size, size, 3])] * (count - len(row)))
                 for number, row in enumerate(images)])
-        return {"images": pixels, "vision_mask": vision_mask, "vision_indices": tf.cast(vision_indices, tf.int32)}
+        return {"images": pixels, **self._vision_positions(token_ids, count)}
 
     @staticmethod
     def _image_rows(images, batch, batched):
@@ -241,26 +264,40 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         return texts if batched else texts[0]
 
     # --- training ------------------------------------------------------------------------
-    def call(self, x, y=None, sample_weight=None, sequence_length=None):
-        """{"prompts", "responses"} -> (inputs, labels, sample_weight): next-token labels, weight 1 on
-        response tokens only. Text-only; image training data comes from the TFRecord pipeline."""
+    def training_features(self, x, sequence_length=None):
+        """{"prompts", "responses"} -> the training features of `gemma3_tf.data`, each [B, T]:
+        `token_ids`, `padding_mask`, `loss_mask` (1 on response tokens, EOS included) and, for a
+        model with images, `vision_mask` and `vision_indices` [B, max_images_per_prompt * tokens per
+        image]. Each `<start_of_image>` becomes the image block, as for generation; examples longer
+        than `sequence_length` lose their tail. Also returns `prompt_lengths` [B] (BOS and image
+        tokens included), so that a caller can reject prompts that leave no room for the response.
+        """
         sequence_length = sequence_length or self.sequence_length
         prompts, batched = self._as_batch(x["prompts"], "prompts")
         responses, _ = self._as_batch(x["responses"], "responses")
-        prompt_tokens = self._tokenize(prompts, self.add_start_token)
+        prompt_tokens = self._tokenize(prompts if self.text_only else self._expand_images(prompts),
+                                       self.add_start_token)
         response_tokens = self.tokenizer.tokenize(responses)
         if self.add_end_token:
             eos = tf.fill([response_tokens.nrows(), 1], tf.cast(self.tokenizer.end_token_id, response_tokens.dtype))
             response_tokens = tf.concat([response_tokens, eos], axis=1)
         tokens = tf.concat([prompt_tokens, response_tokens], axis=1)
         is_response = tf.concat([tf.zeros_like(prompt_tokens), tf.ones_like(response_tokens)], axis=1)
-        token_ids, padding_mask = self._pack(tokens, sequence_length + 1)
-        weights = is_response.to_tensor(shape=[None, sequence_length + 1])
-        inputs = {"token_ids": token_ids[:, :-1], "padding_mask": padding_mask[:, :-1]}
-        labels, weights = token_ids[:, 1:], tf.cast(weights[:, 1:] * padding_mask[:, 1:], tf.float32)
-        if not batched:
-            inputs, labels, weights = {k: v[0] for k, v in inputs.items()}, labels[0], weights[0]
-        return inputs, labels, weights
+        token_ids, padding_mask = self._pack(tokens, sequence_length)
+        features = {"token_ids": token_ids, "padding_mask": padding_mask,
+                    "loss_mask": tf.cast(is_response.to_tensor(shape=[None, sequence_length]), tf.int32)}
+        if not self.text_only:
+            features.update(self._vision_positions(token_ids, self.max_images_per_prompt))
+        features["prompt_lengths"] = tf.cast(prompt_tokens.row_lengths(), tf.int32)
+        return features if batched else {k: v[0] for k, v in features.items()}
+
+    def call(self, x, y=None, sample_weight=None, sequence_length=None):
+        """{"prompts", "responses"} -> (inputs, labels, sample_weight) for `fit`: next-token labels,
+        weight 1 on response tokens only. Text only: image training data comes from the TFRecord
+        pipeline (`gemma3_tf.data`)."""
+        features = self.training_features(x, sequence_length)
+        features = {key: features[key] for key in ("token_ids", "padding_mask", "loss_mask")}
+        return training_targets(features)
 
     # --- presets -------------------------------------------------------------------------
     def get_config(self):

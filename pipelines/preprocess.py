@@ -1,0 +1,333 @@
+"""Image-text rows -> sharded TFRecords of training examples (`gemma3_tf.data`'s schema), with Apache Beam.
+
+    python -m pipelines.preprocess --input data/rows.jsonl --output_dir data/tfrecords \\
+        [--preset gemma3_270m_q4_k_m] [--sequence_length 512] [--num_shards 8] [--direct_num_workers 2 ...]
+    gemma3-tf preprocess ...                                            # the same flags
+    ... --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
+
+Input: JSONL manifests (`--input`, a glob), one row per line: {"id", "prompt", "response", "images":
+[path or URL, ...]}. Each `<start_of_image>` in the prompt marks where the next image goes (a prompt
+without any gets its images in front); image paths are relative to the manifest, absolute, `gs://`
+(read through Beam's FileSystems) or http(s). Or a TFDS dataset prepared locally (`--tfds`).
+
+Output in `--output_dir`: `train-SSSSS-of-NNNNN.tfrecord[.gz]` (each shard's examples sorted by id,
+so the same input gives byte-identical shards), `rejected-*.jsonl` ({"row", "reason", "reason_code"}
+for every row that could not become an example) and, when the job ends, `schema.json` with the
+counts: every row read is either written or rejected.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import posixpath
+import urllib.request
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+NAMESPACE = "gemma3_tf.preprocess"
+REJECTED = "rejected"
+START_OF_IMAGE = "<start_of_image>"  # the marker of `gemma3_tf.preprocessing`, which workers import lazily
+
+
+class Rejected(Exception):
+    """A row that cannot become a training example; `code` names the reason for counters."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+# --- rows ------------------------------------------------------------------------------------
+def parse_manifest_line(manifest, line):
+    """A JSONL line -> a row dict with `id`, `prompt`, `response`, `images` (absolute paths/URLs)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise Rejected("bad_json", f"not valid JSON: {error}") from error
+    if not isinstance(row, dict):
+        raise Rejected("bad_json", f"a row must be a JSON object, got {type(row).__name__}")
+    images = row.get("images") or []
+    if not isinstance(images, list) or not all(isinstance(image, str) and image for image in images):
+        raise Rejected("bad_images_field", "`images` must be a list of paths or URLs")
+    base = posixpath.dirname(manifest)
+    images = [image if "://" in image or image.startswith("/") else posixpath.join(base, image)
+              for image in images]
+    row_id = row.get("id")
+    if row_id is None or row_id == "":  # stable without an id: the line's own hash
+        row_id = "sha1:" + hashlib.sha1(line.encode("utf-8")).hexdigest()[:20]
+    return {"id": str(row_id), "prompt": row.get("prompt"), "response": row.get("response"), "images": images}
+
+
+def read_image(location):
+    """The bytes at a local path, `gs://` (any Beam filesystem) or http(s) URL."""
+    try:
+        if location.startswith(("http://", "https://")):
+            with urllib.request.urlopen(location, timeout=60) as response:
+                return response.read()
+        with FileSystems.open(location) as file:
+            return file.read()
+    except Exception as error:  # missing file, permission, network: the row is rejected, the job goes on
+        raise Rejected("image_missing", f"cannot read image {location}: {error}") from error
+
+
+class PrepareExample(beam.DoFn):
+    """A row -> (shard, (id, serialized tf.train.Example)), or a `rejected` output with the reason."""
+
+    def __init__(self, settings, tokenizer_proto, has_vision_tokens):
+        self.settings = settings
+        self.tokenizer_proto = tokenizer_proto
+        self.has_vision_tokens = has_vision_tokens
+        self.counters = {}
+
+    def setup(self):
+        # Imported here: workers load TensorFlow once, the launcher's graph stays light.
+        from gemma3_tf.preprocessing import Gemma3CausalLMPreprocessor, Gemma3ImageConverter
+        from gemma3_tf.tokenizer import Gemma3Tokenizer
+
+        settings = self.settings
+        tokenizer = Gemma3Tokenizer(self.tokenizer_proto, has_vision_tokens=self.has_vision_tokens)
+        converter = Gemma3ImageConverter(settings["image_size"]) if settings["max_images_per_prompt"] else None
+        self.preprocessor = Gemma3CausalLMPreprocessor(
+            tokenizer, converter, sequence_length=settings["sequence_length"],
+            max_images_per_prompt=settings["max_images_per_prompt"],
+            num_vision_tokens_per_image=settings["num_vision_tokens_per_image"])
+
+    def _count(self, name):
+        if name not in self.counters:
+            self.counters[name] = beam.metrics.Metrics.counter(NAMESPACE, name)
+        self.counters[name].inc()
+
+    def process(self, element):
+        source, record = element
+        self._count("rows_read")
+        try:
+            row = record if isinstance(record, dict) else parse_manifest_line(source, record)
+            example = self.prepare(row)
+        except Rejected as rejected:
+            self._count(f"rejected_{rejected.code}")
+            yield beam.pvalue.TaggedOutput(REJECTED, {
+                "row": record if isinstance(record, str) else _jsonable(record), "source": source,
+                "reason": str(rejected), "reason_code": rejected.code})
+            return
+        self._count("examples_written")
+        yield shard_of(row["id"], self.settings["num_shards"]), (row["id"], example)
+
+    def prepare(self, row):
+        from gemma3_tf.data import serialize_example
+        from gemma3_tf.preprocessing import chat_prompt
+
+        settings = self.settings
+        prompt, response, images = row["prompt"], row["response"], row["images"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise Rejected("empty_prompt", "`prompt` must be a non-empty string")
+        if not isinstance(response, str) or not response.strip():
+            raise Rejected("empty_response", "`response` must be a non-empty string (the loss is on it)")
+        markers = prompt.count(START_OF_IMAGE)
+        if images and not markers:
+            prompt, markers = START_OF_IMAGE * len(images) + prompt, len(images)
+        if markers > settings["max_images_per_prompt"]:
+            raise Rejected("too_many_images", f"{markers} images; at most --max_images_per_prompt="
+                                              f"{settings['max_images_per_prompt']}")
+        if markers != len(images):
+            raise Rejected("image_count_mismatch", f"the prompt has {markers} {START_OF_IMAGE} but `images` "
+                                                   f"lists {len(images)}")
+        encoded = [self.resize_and_encode(read_image(location), location) for location in images]
+        if settings["chat_template"]:
+            prompt = chat_prompt([{"role": "user", "content": prompt}])
+            response = response + "<end_of_turn>"
+        features = self.preprocessor.training_features({"prompts": prompt, "responses": response})
+        prompt_length = int(features.pop("prompt_lengths"))
+        if prompt_length >= settings["sequence_length"]:
+            raise Rejected("too_long", f"the prompt is {prompt_length} tokens (BOS and image tokens included); "
+                                       f"--sequence_length={settings['sequence_length']} leaves no room for "
+                                       "the response")
+        features = {key: value.numpy() for key, value in features.items()}
+        if "vision_indices" not in features:
+            features["vision_mask"] = 0 * features["token_ids"]
+            features["vision_indices"] = []
+        return serialize_example(features, encoded, row["id"])
+
+    def resize_and_encode(self, data, location):
+        import tensorflow as tf
+
+        try:
+            pixels = self.preprocessor.image_converter.resize(tf.constant(data))
+        except (tf.errors.InvalidArgumentError, ValueError) as error:
+            message = getattr(error, "message", str(error)).splitlines()[0]
+            raise Rejected("image_unreadable", f"{location} is not a readable image: {message}") from error
+        pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+        if self.settings["image_format"] == "png":
+            return tf.io.encode_png(pixels).numpy()
+        return tf.io.encode_jpeg(pixels, quality=95).numpy()
+
+
+def _jsonable(record):
+    return {key: (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+            for key, value in record.items() if isinstance(value, (str, int, float, bytes, list, type(None)))}
+
+
+def shard_of(example_id, num_shards):
+    """A stable shard for an id (Python's `hash` differs between processes)."""
+    return int(hashlib.md5(example_id.encode("utf-8")).hexdigest(), 16) % num_shards
+
+
+def shard_path(output_dir, shard, num_shards, compression):
+    suffix = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+    return FileSystems.join(output_dir, f"train-{shard:05d}-of-{num_shards:05d}{suffix}")
+
+
+class WriteShard(beam.DoFn):
+    """(shard, [(id, example)]) -> the shard's file, examples sorted by id; yields (shard, count).
+
+    Sorting makes the bytes independent of bundle order; a shard's examples are held in memory
+    while it is written, so choose --num_shards so that one shard fits a worker comfortably.
+    """
+
+    def __init__(self, output_dir, num_shards, compression):
+        self.output_dir, self.num_shards, self.compression = output_dir, num_shards, compression
+
+    def process(self, element):
+        import tensorflow as tf
+
+        shard, examples = element
+        examples = sorted(examples)
+        with tf.io.TFRecordWriter(shard_path(self.output_dir, shard, self.num_shards, self.compression),
+                                  tf.io.TFRecordOptions(compression_type=self.compression)) as writer:
+            for _, example in examples:
+                writer.write(example)
+        yield shard, len(examples)
+
+
+def write_schema(_, schema_fields, output_dir, num_shards, compression, read, written, rejected):
+    """Runs once at the end: empty files for shards that got no example, then `schema.json`."""
+    import tensorflow as tf
+
+    from gemma3_tf.data import SCHEMA_FILE, Schema
+
+    for shard in sorted(set(range(num_shards)) - {shard for shard, _ in written}):
+        with tf.io.TFRecordWriter(shard_path(output_dir, shard, num_shards, compression),
+                                  tf.io.TFRecordOptions(compression_type=compression)):
+            pass
+    counts = {"read": read, "written": sum(count for _, count in written),
+              "rejected": dict(sorted(rejected.items())), "shards": num_shards}
+    schema = Schema(**schema_fields, compression=compression, counts=counts)
+    with FileSystems.create(FileSystems.join(output_dir, SCHEMA_FILE)) as file:
+        file.write(schema.to_json().encode("utf-8"))
+    logging.info("gemma3-tf preprocess: %s", json.dumps(counts))
+    return counts
+
+
+# --- the job ---------------------------------------------------------------------------------
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="gemma3-tf preprocess", description="Image-text rows -> TFRecords for gemma3-tf training "
+        "(Apache Beam; other flags are Beam pipeline options such as --runner, --direct_num_workers).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="JSONL manifest(s), a file or glob (local or gs://)")
+    source.add_argument("--tfds", help="a locally prepared TFDS dataset, NAME[:CONFIG]/SPLIT")
+    parser.add_argument("--tfds_data_dir", default=None, help="TFDS data_dir of --tfds")
+    parser.add_argument("--id_field", default="id", help="TFDS feature giving the row id (default: id)")
+    parser.add_argument("--prompt_field", default="prompt", help="TFDS feature with the prompt")
+    parser.add_argument("--response_field", default="response", help="TFDS feature with the response")
+    parser.add_argument("--image_field", default=None, help="TFDS feature with an image or a sequence of them")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--preset", default="gemma3_270m_q4_k_m",
+                        help="where the tokenizer (and the vision settings) come from: anything `from_preset` takes")
+    parser.add_argument("--sequence_length", type=int, default=512)
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="default: the preset's vision encoder's, else Gemma 3's 896")
+    parser.add_argument("--max_images_per_prompt", type=int, default=2)
+    parser.add_argument("--num_vision_tokens_per_image", type=int, default=None,
+                        help="default: the preset's vision encoder's, else Gemma 3's 256")
+    parser.add_argument("--num_shards", type=int, default=8)
+    parser.add_argument("--chat_template", action=argparse.BooleanOptionalAction, default=True,
+                        help="wrap prompt and response in Gemma's chat turns (default on)")
+    parser.add_argument("--image_format", choices=["jpeg", "png"], default="jpeg",
+                        help="how resized images are stored (png: lossless, larger)")
+    parser.add_argument("--compression", choices=["none", "gzip"], default="none")
+    return parser
+
+
+def resolve_settings(args):
+    """Flags + the preset -> (settings for the workers, tokenizer proto, has_vision_tokens, Schema fields)."""
+    from gemma3_tf import checkpoints
+    from gemma3_tf.data import tokenizer_fingerprint
+    from gemma3_tf.tokenizer import Gemma3Tokenizer
+
+    for flag in ("sequence_length", "num_shards"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag} must be at least 1, got {getattr(args, flag)}")
+    checkpoint = checkpoints.open_checkpoint(args.preset)
+    tokenizer = Gemma3Tokenizer.from_preset(checkpoint)
+    vision = checkpoint.backbone_config().get("vision_encoder") or {}
+    image_size = args.image_size or vision.get("image_size", 896)
+    tokens_per_image = args.num_vision_tokens_per_image or (
+        (vision["image_size"] // vision["patch_size"] // vision["pool_size"]) ** 2 if vision else 256)
+    if args.max_images_per_prompt and not tokenizer.has_vision_tokens:
+        raise SystemExit(f"error: the tokenizer of {args.preset} has no image tokens; use "
+                         "--max_images_per_prompt 0 for text-only data")
+    settings = {"sequence_length": args.sequence_length, "image_size": image_size,
+                "max_images_per_prompt": args.max_images_per_prompt, "num_vision_tokens_per_image": tokens_per_image,
+                "num_shards": args.num_shards, "chat_template": args.chat_template, "image_format": args.image_format}
+    schema_fields = {key: settings[key] for key in ("sequence_length", "image_size", "max_images_per_prompt",
+                                                    "num_vision_tokens_per_image", "chat_template", "image_format")}
+    schema_fields["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
+    return settings, tokenizer.proto, tokenizer.has_vision_tokens, schema_fields
+
+
+def read_rows(pipeline, args):
+    """(source, JSONL line or row dict) pairs."""
+    if args.input:
+        return pipeline | "ReadManifests" >> beam.io.ReadFromTextWithFilename(args.input)
+    from pipelines.tfds_source import read_tfds_rows
+
+    return read_tfds_rows(pipeline, args)
+
+
+def build_pipeline(pipeline, args, settings, tokenizer_proto, has_vision_tokens, schema_fields):
+    compression = "GZIP" if args.compression == "gzip" else ""
+    rows = read_rows(pipeline, args)
+    prepared = rows | "Prepare" >> beam.ParDo(
+        PrepareExample(settings, tokenizer_proto, has_vision_tokens)).with_outputs(REJECTED, main="examples")
+    written = (prepared.examples
+               | "GroupByShard" >> beam.GroupByKey()
+               | "WriteShards" >> beam.ParDo(WriteShard(args.output_dir, settings["num_shards"], compression)))
+    rejected = prepared[REJECTED]
+    _ = (rejected | "RejectedToJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
+         | "WriteRejected" >> beam.io.WriteToText(FileSystems.join(args.output_dir, "rejected"),
+                                                  file_name_suffix=".jsonl"))
+    read = rows | "CountRead" >> beam.combiners.Count.Globally()
+    rejected_by_reason = (rejected | "Reasons" >> beam.Map(lambda record: record["reason_code"])
+                          | "CountReasons" >> beam.combiners.Count.PerElement()
+                          | "ReasonsToList" >> beam.combiners.ToList())
+    return (pipeline | "Once" >> beam.Create([None])
+            | "WriteSchema" >> beam.Map(
+                lambda _, read, written, rejected: write_schema(
+                    _, schema_fields, args.output_dir, settings["num_shards"], compression, read, written,
+                    dict(rejected)),
+                read=beam.pvalue.AsSingleton(read), written=beam.pvalue.AsList(written),
+                rejected=beam.pvalue.AsSingleton(rejected_by_reason)))
+
+
+def main(argv=None):
+    args, beam_args = build_parser().parse_known_args(argv)
+    settings, tokenizer_proto, has_vision_tokens, schema_fields = resolve_settings(args)
+    if not FileSystems.exists(args.output_dir):
+        FileSystems.mkdirs(args.output_dir)
+    options = PipelineOptions(beam_args, save_main_session=False)
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, args, settings, tokenizer_proto, has_vision_tokens, schema_fields)
+    from gemma3_tf.data import Schema
+
+    counts = Schema.load(args.output_dir).counts
+    print(f"gemma3-tf preprocess: {counts['read']} rows read, {counts['written']} examples written to "
+          f"{args.output_dir} in {counts['shards']} shards, {sum(counts['rejected'].values())} rejected "
+          f"{counts['rejected'] or ''}".rstrip())
+    return counts
+
+
+if __name__ == "__main__":
+    main()
