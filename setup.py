@@ -27,7 +27,7 @@ setup(
     packages=find_packages(include=["gemma3_tf*", "pipelines*", "serving*"]),
     install_requires=CORE,
     extras_require={
-        "beam": ["apache-beam[tfrecord]>=2.60", "google-crc32c", "tensorflow-datasets>=4.9"],
+        "beam": ["apache-beam[tfrecord]>=2.60", "google-crc32c", "tensorflow-datasets>=4.9", "importlib_resources"],
         "serving": ["tensorflow-serving-api>=2.21,<2.22", "grpcio>=1.60"],
         # keras-hub is a test oracle only; the package never imports it.
         "test": TEST,

@@ -134,7 +134,8 @@ class PrepareExample(beam.DoFn):
         if markers != len(images):
             raise Rejected("image_count_mismatch", f"the prompt has {markers} {START_OF_IMAGE} but `images` "
                                                    f"lists {len(images)}")
-        encoded = [self.resize_and_encode(read_image(location), location) for location in images]
+        encoded = [self.resize_and_encode(image, "the image") if isinstance(image, bytes) else
+                   self.resize_and_encode(read_image(image), image) for image in images]
         if settings["chat_template"]:
             prompt = chat_prompt([{"role": "user", "content": prompt}])
             response = response + "<end_of_turn>"
@@ -164,9 +165,10 @@ class PrepareExample(beam.DoFn):
         return tf.io.encode_jpeg(pixels, quality=95).numpy()
 
 
-def _jsonable(record):
-    return {key: (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
-            for key, value in record.items() if isinstance(value, (str, int, float, bytes, list, type(None)))}
+def _jsonable(row):
+    """A row from a non-JSON source as JSON: images as their sizes, not their bytes."""
+    images = [image if isinstance(image, str) else f"<{len(image)} bytes>" for image in row.get("images", [])]
+    return {**row, "images": images}
 
 
 def shard_of(example_id, num_shards):

@@ -217,3 +217,27 @@ def test_bad_flags_are_named(manifest, vision_preset, tmp_path):
         run(manifest[0], vision_preset[0], tmp_path / "x", "--num_shards", "0")
     with pytest.raises(FileNotFoundError, match="No TFRecord files match"):
         data.load_tfrecord_dataset(str(tmp_path / "nothing-*.tfrecord"), 2)
+
+
+def test_tfds_dataset_source(tmp_path, manifest, vision_preset):
+    import tensorflow_datasets as tfds
+
+    image = open(os.path.join(os.path.dirname(manifest[0]), "images", "0.png"), "rb").read()
+    rows = [{"caption": "A red square.", "question": "<start_of_image> Describe.", "image": image},
+            {"caption": "", "question": "<start_of_image> Describe.", "image": image}]  # rejected: empty response
+    features = tfds.features.FeaturesDict({"caption": tfds.features.Text(), "question": tfds.features.Text(),
+                                           "image": tfds.features.Image(encoding_format="png")})
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="captions", version="1.0.0", features=features, data_dir=str(tmp_path / "tfds"),
+        split_datasets={"train": [(str(key), {**row, "image": np.asarray(Image.open(io.BytesIO(row["image"])))})
+                                  for key, row in enumerate(rows)]})
+    counts = preprocess.main(["--tfds", "captions/train", "--tfds_data_dir", str(tmp_path / "tfds"),
+                              "--prompt_field", "question", "--response_field", "caption", "--image_field", "image",
+                              "--output_dir", str(tmp_path / "out"), "--preset", vision_preset[0],
+                              "--sequence_length", str(SEQUENCE_LENGTH), "--num_shards", "1"])
+    assert (counts["read"], counts["written"], counts["rejected"]) == (2, 1, {"empty_response": 1})
+    schema = data.Schema.load(str(tmp_path / "out"))
+    record = next(iter(tf.data.TFRecordDataset(str(tmp_path / "out" / "train-00000-of-00001.tfrecord"))))
+    features = data.parse_example(record, schema)
+    assert int(features["vision_mask"].numpy().sum()) == 4
+    assert float(tf.reduce_max(tf.abs(features["images"][0]))) > 0
