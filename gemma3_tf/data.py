@@ -113,7 +113,7 @@ def parse_example(record, schema, with_images=True):
 
 
 def load_tfrecord_dataset(pattern, batch_size, schema=None, shuffle=True, shuffle_buffer=1024, seed=None,
-                          repeat=False, drop_remainder=True, with_images=None, cycle_length=4):
+                          repeat=False, drop_remainder=True, with_images=None, cycle_length=4, skip_batches=0):
     """The training examples under `pattern` as a `tf.data.Dataset` of (inputs, labels, sample_weight).
 
     Args:
@@ -125,6 +125,8 @@ def load_tfrecord_dataset(pattern, batch_size, schema=None, shuffle=True, shuffl
         repeat: cycle through the data forever (for a step-counted training loop).
         with_images: include `images`, `vision_mask` and `vision_indices` in the inputs (default:
             when the schema has room for images); False for a text-only model.
+        skip_batches: start after this many batches (records are skipped before they are
+            decoded). With a `seed`, the order is fixed, so this is how training resumes exactly.
     Returns: batches of ({"token_ids", "padding_mask"[, "images", "vision_mask",
         "vision_indices"]}, labels [B, T], sample_weight [B, T]), shapes static.
     """
@@ -144,6 +146,7 @@ def load_tfrecord_dataset(pattern, batch_size, schema=None, shuffle=True, shuffl
         dataset = dataset.repeat()
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    dataset = dataset.skip(skip_batches * batch_size)
     dataset = dataset.map(lambda record: training_targets(parse_example(record, schema, with_images)),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None or not shuffle)
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,167 @@
+"""Fine-tuning: overfitting, exact resume after a kill, MirroredStrategy against the default one, LoRA,
+the TPU path up to its error, and data that does not match the model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gemma3_tf
+from gemma3_tf import data
+from gemma3_tf.training import TPUUnavailableError, TrainConfig, Trainer, check_data_matches_model, resolve_strategy
+from keras_hub_oracle import TEXT_CONFIG, randomize
+from pipelines import preprocess
+
+SEQUENCE_LENGTH = 96
+MODEL_CONFIG = dict(TEXT_CONFIG, vocabulary_size=400, num_layers=2, hidden_dim=64, intermediate_dim=128,
+                    head_dim=16, final_logit_soft_cap=None, attention_logit_soft_cap=None)
+
+
+def make_preset(path, proto):
+    backbone = gemma3_tf.Gemma3Backbone(**MODEL_CONFIG)
+    randomize(backbone, scale=0.1)
+    preprocessor = gemma3_tf.Gemma3CausalLMPreprocessor(gemma3_tf.Gemma3Tokenizer(proto),
+                                                        sequence_length=SEQUENCE_LENGTH)
+    gemma3_tf.Gemma3CausalLM(backbone, preprocessor).save_to_preset(str(path))
+    return str(path)
+
+
+def make_data(root, preset, rows):
+    (root / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    preprocess.main(["--input", str(root / "rows.jsonl"), "--output_dir", str(root / "data"), "--preset", preset,
+                     "--sequence_length", str(SEQUENCE_LENGTH), "--no_chat_template", "--max_images_per_prompt", "0",
+                     "--num_shards", "2"])
+    return str(root / "data" / "train-*.tfrecord")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_proto):
+    """A tiny random text model as a preset, and 8 examples of TFRecords for it."""
+    root = tmp_path_factory.mktemp("training")
+    preset = make_preset(root / "preset", tiny_proto)
+    rows = [{"id": str(i), "prompt": f"Question {i}: the fox?", "response": f"The quick brown fox {i}."}
+            for i in range(8)]
+    return preset, make_data(root, preset, rows)
+
+
+def make_trainer(preset, output_dir, strategy=None, lora_rank=0, **config):
+    strategy = strategy or resolve_strategy("default")
+    with strategy.scope():
+        causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(preset, progress=False)
+        if lora_rank:
+            causal_lm.backbone.enable_lora(lora_rank)
+    config = TrainConfig(**{"steps": 20, "global_batch_size": 4, "learning_rate": 1e-2, "log_every": 5,
+                            "checkpoint_every": 10, **config})
+    return Trainer(causal_lm, strategy, config, str(output_dir))
+
+
+def train(preset, pattern, output_dir, **kwargs):
+    trainer = make_trainer(preset, output_dir, **kwargs)
+    return trainer, trainer.fit(pattern, progress=False)
+
+
+def test_tiny_model_overfits_eight_examples(tiny, tmp_path):
+    trainer, summary = train(*tiny, tmp_path, steps=150, global_batch_size=8, log_every=10, checkpoint_every=150,
+                             warmup_steps=10)
+    first, last = trainer.history[0][1], trainer.history[-1][1]
+    assert last <= 0.1 * first, trainer.history
+    assert summary["steps"] == 150 and summary["tokens_per_second"] > 0
+    assert trainer.evaluate(tiny[1]) < 0.1 * first
+    trainer.save(str(tmp_path / "final"), summary)
+    reloaded = gemma3_tf.Gemma3CausalLM.from_preset(str(tmp_path / "final"), progress=False)
+    batch = next(iter(data.load_tfrecord_dataset(tiny[1], 4, shuffle=False)))[0]
+    np.testing.assert_allclose(reloaded(batch), trainer.causal_lm(batch), atol=1e-5)
+    assert json.load(open(tmp_path / "summary.json"))["steps"] == 150
+
+
+def test_killed_and_resumed_run_reaches_the_same_weights(tiny, tmp_path):
+    tf.config.experimental.enable_op_determinism()
+    uninterrupted, _ = train(*tiny, tmp_path / "a")
+    # Killed during steps 11-15 (checkpoints every 10, the loop runs 5 steps per call): the restart resumes
+    # from step 10 and replays steps 11-15 from the saved data position.
+    killed = make_trainer(tiny[0], tmp_path / "b")
+    run_steps, calls = killed._train_steps, []
+
+    def kill_on_third_call(iterator, count):
+        calls.append(run_steps(iterator, count))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return calls[-1]
+
+    killed._train_steps = kill_on_third_call
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(tiny[1], progress=False)
+    resumed, summary = train(*tiny, tmp_path / "b")
+    assert summary["resumed_from"] == 10 and summary["steps"] == 20
+    for ours, theirs in zip(resumed.causal_lm.weights, uninterrupted.causal_lm.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+
+
+def test_lora_trains_only_the_adapters(tiny, tmp_path):
+    trainer, _ = train(*tiny, tmp_path, steps=10, lora_rank=2)
+    before = gemma3_tf.Gemma3CausalLM.from_preset(tiny[0], progress=False).backbone
+    trained = {weight.path: weight.numpy() for weight in trainer.causal_lm.backbone.weights}
+    for weight in before.weights:
+        np.testing.assert_array_equal(trained[weight.path], weight.numpy(), err_msg=weight.path)
+    lora = [path for path in trained if "lora" in path]
+    assert lora and all(not np.all(trained[path] == 0) for path in lora)
+    assert trainer.history[-1][1] < trainer.history[0][1]
+    # The saved preset merges the adapters into the kernels: same outputs without LoRA layers.
+    trainer.save(str(tmp_path / "final"))
+    merged = gemma3_tf.Gemma3CausalLM.from_preset(str(tmp_path / "final"), progress=False)
+    batch = next(iter(data.load_tfrecord_dataset(tiny[1], 4, shuffle=False)))[0]
+    np.testing.assert_allclose(merged(batch), trainer.causal_lm(batch), atol=1e-4)
+
+
+MIRRORED_SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, "tests")
+from test_training import train
+preset, pattern, out = sys.argv[1:4]
+histories = {}
+for name in ("default", "mirrored"):
+    from gemma3_tf.training import resolve_strategy
+    strategy = resolve_strategy(name)
+    trainer, summary = train(preset, pattern, f"{out}/{name}", strategy=strategy, steps=6, log_every=1,
+                             jit_compile=False)
+    histories[name] = [trainer.history, summary["replicas"]]
+print(json.dumps(histories))
+"""
+
+
+def test_mirrored_strategy_gives_the_default_loss_curve(tiny, tmp_path):
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, *tiny, str(tmp_path)], capture_output=True,
+                            text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    histories = json.loads(result.stdout.strip().splitlines()[-1])
+    (default, one), (mirrored, two) = histories["default"], histories["mirrored"]
+    assert (one, two) == (1, 2)
+    np.testing.assert_allclose([loss for _, loss in mirrored], [loss for _, loss in default], rtol=1e-4)
+
+
+def test_tpu_path_fails_clearly_without_a_tpu():
+    with pytest.raises(TPUUnavailableError, match=r"Cannot use TPU local: TPUs not found.*--strategy default or mirrored"):
+        resolve_strategy("tpu", tpu="local")
+    with pytest.raises(TPUUnavailableError, match=r"Cannot use TPU \(none named\): Please provide a TPU Name"):
+        resolve_strategy("tpu")
+    with pytest.raises(ValueError, match="`strategy` must be one of"):
+        resolve_strategy("gpu")
+
+
+def test_data_for_another_model_is_refused_before_training(tiny, tmp_path):
+    schema = data.Schema.load(os.path.dirname(tiny[1]))
+    causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(tiny[0], progress=False)
+    other = data.Schema(**{**schema.__dict__, "tokenizer_fingerprint": "0123456789abcdef"})
+    with pytest.raises(ValueError, match="tokenizer_fingerprint is 0123456789abcdef"):
+        check_data_matches_model(other, causal_lm, 4)
+    with pytest.raises(ValueError, match="max_images_per_prompt=2.*no vision encoder"):
+        check_data_matches_model(data.Schema(**{**schema.__dict__, "max_images_per_prompt": 2}), causal_lm, 4)
+    with pytest.raises(ValueError, match="holds 8 examples, fewer than one global batch"):
+        check_data_matches_model(schema, causal_lm, 16)
