@@ -119,9 +119,50 @@ def build_parser():
     generate.add_argument("--stream", action="store_true",
                           help="print each token as it is generated (one compiled call per token)")
     generate.set_defaults(run=_generate)
+    _add_train_parser(commands)
     for name, module in _JOBS.items():  # listed in --help; `main` hands their flags over
         commands.add_parser(name, help=f"run {module} (see `gemma3-tf {name} --help`)", add_help=False)
     return parser
+
+
+def _train(args):
+    from gemma3_tf import training
+
+    training.train(
+        args.preset, args.train_data, args.output_dir, steps=args.steps, epochs=args.epochs,
+        global_batch_size=args.global_batch_size, eval_data=args.eval_data, strategy=args.strategy, tpu=args.tpu,
+        dtype=args.dtype, lora_rank=args.lora_rank, remat=args.remat, learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps, decay=args.decay, weight_decay=args.weight_decay, clipnorm=args.clipnorm,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, jit_compile=args.jit_compile,
+        seed=args.seed)
+
+
+def _add_train_parser(commands):
+    train = commands.add_parser("train", help="fine-tune a preset on TFRecords from `gemma3-tf preprocess`")
+    train.add_argument("--preset", default="gemma3_270m_q4_k_m", help="anything `from_preset` accepts")
+    train.add_argument("--train_data", required=True, help="TFRecord glob, local or gs://")
+    train.add_argument("--eval_data", default=None, help="TFRecord glob for a final evaluation")
+    train.add_argument("--output_dir", required=True, help="checkpoints, logs/, final/ and summary.json")
+    length = train.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="total optimizer steps (a rerun resumes up to this)")
+    length.add_argument("--epochs", type=int, help="passes over the data (steps from the example count)")
+    train.add_argument("--global_batch_size", type=int, default=8)
+    train.add_argument("--learning_rate", type=float, default=1e-4)
+    train.add_argument("--warmup_steps", type=int, default=0)
+    train.add_argument("--decay", choices=["cosine", "linear", "constant"], default="cosine")
+    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW's, not on norms or embeddings")
+    train.add_argument("--clipnorm", type=float, default=1.0, help="global gradient norm clip (0: none)")
+    train.add_argument("--lora_rank", type=int, default=0, help="0: full fine-tune")
+    train.add_argument("--dtype", choices=["float32", "bfloat16", "mixed_bfloat16"], default=None)
+    train.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True,
+                       help="XLA-compile the train step (turn off for MirroredStrategy on CPU)")
+    train.add_argument("--remat", action="store_true", help="recompute decoder blocks in the backward pass")
+    train.add_argument("--strategy", choices=["auto", "tpu", "mirrored", "default"], default="auto")
+    train.add_argument("--tpu", default=None, help="TPU name, `local` on a TPU VM, or grpc://IP:8470")
+    train.add_argument("--checkpoint_every", type=int, default=100)
+    train.add_argument("--log_every", type=int, default=10)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(run=_train)
 
 
 # Commands that are jobs of their own, with their own flags (Beam pipeline options included).

@@ -1,0 +1,64 @@
+"""`gemma3-tf train`: a preset and TFRecords in, a fine-tuned preset out."""
+
+import json
+import os
+
+import tensorflow as tf
+
+from gemma3_tf.training.strategy import resolve_strategy
+from gemma3_tf.training.trainer import TrainConfig, Trainer, _schema_for
+
+
+def load_model(preset, strategy, dtype=None, lora_rank=0, remat=False):
+    """The causal LM of `preset`, its variables created under `strategy`; with `remat`, each decoder
+    block's activations are recomputed in the backward pass instead of stored."""
+    import gemma3_tf
+
+    with strategy.scope():
+        causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(preset, dtype=dtype)
+        if lora_rank:
+            causal_lm.backbone.enable_lora(lora_rank)
+    if remat:
+        for block in causal_lm.backbone.transformer_layers:
+            rematerialize(block)
+    return causal_lm
+
+
+def rematerialize(block):
+    """Routes a decoder block's training calls through `tf.recompute_grad`.
+
+    Not `keras.RematScope`: with TensorFlow it passes keyword arguments to `tf.custom_gradient`,
+    which graph mode refuses, so it fails inside any `tf.function`.
+    """
+    call = block.call
+
+    def rematerialized_call(x, attention_mask, cache=None, cache_update_index=0, training=None):
+        if cache is not None:  # generation: nothing to differentiate
+            return call(x, attention_mask, cache, cache_update_index, training)
+        # The mask is closed over: recompute_grad differentiates its arguments, and a bool has no gradient.
+        return tf.recompute_grad(lambda x: call(x, attention_mask, None, 0, training))(x)
+
+    block.call = rematerialized_call
+    block.rematerialized = True
+
+
+def train(preset, train_data, output_dir, steps=None, epochs=None, global_batch_size=8, eval_data=None,
+          strategy="auto", tpu=None, dtype=None, lora_rank=0, remat=False, progress=True, **config):
+    """Fine-tunes `preset` on `train_data` (a TFRecord glob); writes checkpoints, `final/` and `summary.json`
+    to `output_dir`, resuming from its latest checkpoint. `steps` is the total step count; `epochs`
+    derives it from the data's example count. Other keyword arguments go to `TrainConfig`."""
+    if (steps is None) == (epochs is None):
+        raise ValueError("Give exactly one of `steps` and `epochs`.")
+    if steps is None:
+        examples = _schema_for(train_data).counts.get("written", 0)
+        steps = max(epochs * examples // global_batch_size, 1)
+    strategy = resolve_strategy(strategy, tpu)
+    causal_lm = load_model(preset, strategy, dtype, lora_rank, remat)
+    trainer = Trainer(causal_lm, strategy, TrainConfig(steps=steps, global_batch_size=global_batch_size, **config),
+                      output_dir)
+    summary = trainer.fit(train_data, eval_data, progress=progress)
+    summary.update(preset=str(preset), lora_rank=lora_rank, dtype=dtype or "float32",
+                   final_preset=os.path.join(output_dir, "final"))
+    trainer.save(summary["final_preset"], summary)
+    print(json.dumps(summary, indent=2))
+    return summary
