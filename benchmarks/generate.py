@@ -163,6 +163,15 @@ def _gguf_path():
     return PackagedGGUFSource().get_file()
 
 
+def _run_child(command):
+    """The child's JSON row; on failure, the end of its stderr (the traceback) before raising."""
+    child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode:
+        print(child.stderr[-3000:], file=sys.stderr)
+        child.check_returncode()
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def _not_applicable(impl, batch, prompt):
     return {"impl": impl, "batch": batch, "prompt": prompt, **dict.fromkeys(METRICS, "n/a")}
 
@@ -202,8 +211,7 @@ def main():
                         continue
                     weights = gguf_path if impl in REQUIRES else preset_dir
                     command = [_python(impl, args), __file__, "--one", impl, str(batch), str(prompt), weights]
-                    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-                    rows.append(json.loads(out.strip().splitlines()[-1]))
+                    rows.append(_run_child(command))
                     print(f"done: {impl}, batch {batch}, prompt {prompt}", file=sys.stderr)
     if not rows:
         return

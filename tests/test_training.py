@@ -30,10 +30,10 @@ def make_preset(path, proto):
     return str(path)
 
 
-def make_data(root, preset, rows):
+def make_data(root, preset, rows, sequence_length=SEQUENCE_LENGTH):
     (root / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     preprocess.main(["--input", str(root / "rows.jsonl"), "--output_dir", str(root / "data"), "--preset", preset,
-                     "--sequence_length", str(SEQUENCE_LENGTH), "--no_chat_template", "--max_images_per_prompt", "0",
+                     "--sequence_length", str(sequence_length), "--no_chat_template", "--max_images_per_prompt", "0",
                      "--num_shards", "2"])
     return str(root / "data" / "train-*.tfrecord")
 
@@ -195,3 +195,23 @@ def test_train_command_writes_a_loadable_preset_and_summary(tiny, tmp_path):
     assert summary["steps"] == 4 and summary["lora_rank"] == 2 and np.isfinite(summary["eval_loss"])
     gemma3_tf.Gemma3CausalLM.from_preset(summary["final_preset"], progress=False)
     assert tf.io.gfile.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_lora_on_the_real_270m_lowers_the_loss(gguf_checkpoint, tmp_path):
+    rows = [{"id": str(i), "prompt": f"What is the secret word number {i}?", "response": f"The secret word is zebra{i}."}
+            for i in range(8)]
+    pattern = make_data(tmp_path, gguf_checkpoint.path, rows, sequence_length=24)
+    # The opened checkpoint, not its path: the session has parsed the file once already. No XLA: its
+    # compile of the 270M's train step takes longer than the six steps.
+    trainer = make_trainer(gguf_checkpoint, tmp_path / "out", lora_rank=4, steps=6, global_batch_size=4,
+                           learning_rate=3e-3, log_every=6, checkpoint_every=6, jit_compile=False)
+    kernels = {weight.path: weight.numpy() for weight in trainer.causal_lm.backbone.weights if "lora" not in weight.path}
+    before = trainer.evaluate(pattern)
+    trainer.fit(pattern, progress=False)
+    after = trainer.evaluate(pattern)
+    assert after < 0.8 * before, (before, after)
+    assert all("lora" in weight.path for weight in trainer.causal_lm.trainable_variables)
+    for weight in trainer.causal_lm.backbone.weights:
+        if weight.path in kernels:
+            np.testing.assert_array_equal(weight.numpy(), kernels[weight.path], err_msg=weight.path)
