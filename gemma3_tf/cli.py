@@ -120,6 +120,7 @@ def build_parser():
                           help="print each token as it is generated (one compiled call per token)")
     generate.set_defaults(run=_generate)
     _add_train_parser(commands)
+    _add_plan_parser(commands)
     for name, module in _JOBS.items():  # listed in --help; `main` hands their flags over
         commands.add_parser(name, help=f"run {module} (see `gemma3-tf {name} --help`)", add_help=False)
     return parser
@@ -163,6 +164,30 @@ def _add_train_parser(commands):
     train.add_argument("--log_every", type=int, default=10)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(run=_train)
+
+
+def _plan(args):
+    from gemma3_tf.training import planner
+
+    memory = planner.plan(args.preset, args.global_batch_size, args.sequence_length, args.replicas, args.lora_rank,
+                          args.dtype, args.remat)
+    print(memory.table(args.device))
+    return 0 if args.device is None or memory.fits(args.device) else 1
+
+
+def _add_plan_parser(commands):
+    from gemma3_tf.training.planner import DEVICES
+
+    plan = commands.add_parser("plan", help="memory per replica of a training job, and whether it fits a device")
+    plan.add_argument("--preset", default="gemma3_270m", help="a preset name or any checkpoint (weights not read)")
+    plan.add_argument("--global_batch_size", type=int, default=8)
+    plan.add_argument("--sequence_length", type=int, default=512)
+    plan.add_argument("--replicas", type=int, default=1, help="data-parallel replicas (TPU cores/chips, GPUs)")
+    plan.add_argument("--lora_rank", type=int, default=0)
+    plan.add_argument("--dtype", choices=["float32", "bfloat16", "mixed_bfloat16"], default="float32")
+    plan.add_argument("--remat", action="store_true")
+    plan.add_argument("--device", choices=sorted(DEVICES), default=None, help="exit status 1 if it does not fit")
+    plan.set_defaults(run=_plan)
 
 
 # Commands that are jobs of their own, with their own flags (Beam pipeline options included).

@@ -143,7 +143,7 @@ def test_mirrored_strategy_gives_the_default_loss_curve(tiny, tmp_path):
     histories = json.loads(result.stdout.strip().splitlines()[-1])
     (default, one), (mirrored, two) = histories["default"], histories["mirrored"]
     assert (one, two) == (1, 2)
-    np.testing.assert_allclose([loss for _, loss in mirrored], [loss for _, loss in default], rtol=1e-4)
+    np.testing.assert_allclose([entry[1] for entry in mirrored], [entry[1] for entry in default], rtol=1e-4)
 
 
 def test_tpu_path_fails_clearly_without_a_tpu():
@@ -215,3 +215,32 @@ def test_lora_on_the_real_270m_lowers_the_loss(gguf_checkpoint, tmp_path):
     for weight in trainer.causal_lm.backbone.weights:
         if weight.path in kernels:
             np.testing.assert_array_equal(weight.numpy(), kernels[weight.path], err_msg=weight.path)
+
+
+def test_plan_counts_what_training_allocates(tiny, tmp_path):
+    from gemma3_tf.training import planner
+
+    for lora_rank in (0, 2):
+        trainer = make_trainer(tiny[0], tmp_path / str(lora_rank), lora_rank=lora_rank)
+        memory = planner.plan(tiny[0], 4, SEQUENCE_LENGTH, lora_rank=lora_rank)
+
+        def size(variables):
+            return sum(v.numpy().nbytes for v in variables)
+
+        assert memory.parameter_bytes == size(trainer.causal_lm.weights)
+        assert memory.gradient_bytes == size(trainer.causal_lm.trainable_variables)
+        slots = [v for v in trainer.optimizer.variables if len(v.shape) > 0 or v.path.endswith(("momentum", "velocity"))]
+        assert memory.optimizer_bytes == size([v for v in slots if "iteration" not in v.path
+                                               and "learning_rate" not in v.path])
+
+
+def test_plan_command_for_the_big_presets(capsys):
+    from gemma3_tf import cli
+
+    assert cli.main(["plan", "--preset", "gemma3_27b", "--global_batch_size", "16", "--sequence_length", "2048",
+                     "--replicas", "16", "--lora_rank", "8", "--dtype", "bfloat16", "--remat", "--device", "v5p"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "v5p" in out and "fits" in out
+    assert cli.main(["plan", "--preset", "gemma3_27b", "--global_batch_size", "8", "--sequence_length", "2048",
+                     "--device", "v5e"]) == 1  # full fine-tune in float32: 27B x 16 bytes
+    assert "does NOT fit" in capsys.readouterr().out

@@ -76,7 +76,7 @@ class Trainer:
         step = self._step if not config.jit_compile else tf.function(self._step, jit_compile=True)
         self._replica_step = step
         self._train_steps = tf.function(self._train_steps_eager)
-        self.history = []  # (step, mean loss per token over the steps since the previous entry)
+        self.history = []  # (step, mean loss per trained token since the previous entry, seconds they took)
 
     # --- compiled parts ---------------------------------------------------------------------
     def _loss_sums(self, batch, training):
@@ -147,7 +147,7 @@ class Trainer:
             elapsed = time.perf_counter() - start
             step += count
             trained_tokens, seconds = trained_tokens + tokens, seconds + elapsed
-            self.history.append((step, loss))
+            self.history.append((step, loss, elapsed))
             with writer.as_default(step=step):
                 tf.summary.scalar("loss", loss)
                 tf.summary.scalar("learning_rate", float(self.optimizer.learning_rate))
