@@ -7,7 +7,9 @@ Both read the same TFRecords (random token ids, loss on the second half of each 
 `gemma3_tf.data.load_tfrecord_dataset`, start from the same weights (keras-hub loads a preset
 written from the GGUF), use AdamW at the same learning rate and XLA. One subprocess per
 implementation, so each peak RSS (VmHWM) is its own. tokens/s = batch x sequence length x steps
-/ seconds, over `--steps` steps after two warm-up steps (which include compilation).
+/ seconds, over `--steps` steps after two warm-up steps (which include compilation). The loss
+columns differ by convention: ours is the mean over trained tokens, Keras `fit` divides by all
+positions (half of them are trained here).
 """
 
 import argparse

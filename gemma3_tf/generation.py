@@ -155,7 +155,7 @@ class Decoder:
         shape = [batch, prompt_length + capacity, backbone.num_key_value_heads, backbone.head_dim]
         cache = [(tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(backbone.num_layers)]
         hidden, cache = call_with_cache(backbone, token_ids, key_mask, cache, 0, vision)
-        return self._logits(hidden[:, -1]), cache, key_mask
+        return self.backbone.logits(hidden[:, -1]), cache, key_mask
 
     def _step_eager(self, logits, cache, key_mask, seed, step, position, stop_ids, done):
         """Samples the next ids [B] from `logits` and runs them at cache `position`.
@@ -164,7 +164,7 @@ class Decoder:
         next_ids = tf.where(done, self.pad_token_id, next_ids)
         done = tf.logical_or(done, tf.reduce_any(next_ids[:, None] == stop_ids[None], axis=-1))
         hidden, cache = call_with_cache(self.backbone, next_ids[:, None], key_mask, cache, position)
-        return next_ids, self._logits(hidden[:, -1]), cache, done
+        return next_ids, self.backbone.logits(hidden[:, -1]), cache, done
 
     def _generate_eager(self, token_ids, lengths, seed, max_new_tokens, stop_ids, capacity, vision=None):
         logits, cache, key_mask = self._prefill_eager(token_ids, lengths, capacity, vision)
@@ -185,18 +185,3 @@ class Decoder:
         _, _, _, generated, _ = tf.while_loop(
             cond, body, (tf.constant(0), logits, cache, generated, done), maximum_iterations=capacity)
         return tf.transpose(generated)
-
-    def _logits(self, hidden):
-        """[B, D] -> float32 [B, V] through the tied embedding (and the final soft cap).
-
-        `transpose_b` rather than the layer's explicit transpose: XLA then reads the
-        [V, D] table in place (about 20% faster per step on the 270M).
-        """
-        embedding = self.backbone.token_embedding
-        if embedding.quantization_mode is not None:
-            return tf.cast(embedding(hidden, reverse=True), tf.float32)
-        logits = tf.matmul(hidden, tf.cast(embedding.embeddings, hidden.dtype), transpose_b=True)
-        logits = tf.cast(logits, tf.float32)
-        if embedding.logit_soft_cap is not None:
-            logits = tf.tanh(logits / embedding.logit_soft_cap) * embedding.logit_soft_cap
-        return logits
