@@ -1,7 +1,7 @@
 """Training speed on the real Gemma 3 270M: gemma3-tf's Trainer against keras-hub 0.32's `fit`, same data.
 
     .venv/bin/python benchmarks/train.py [--impl ours keras_hub] [--batch 4] [--sequence_length 128]
-        [--lora_rank 8] [--steps 6] [--no-jit_compile]
+        [--lora_rank 8] [--steps 6] [--no-jit_compile] [--remat]
 
 Both read the same TFRecords (random token ids, loss on the second half of each row) through
 `gemma3_tf.data.load_tfrecord_dataset`, start from the same weights (keras-hub loads a preset
@@ -62,7 +62,7 @@ def measure_ours(preset_dir, pattern, args, output_dir):
     from gemma3_tf.training import TrainConfig, Trainer, load_model, resolve_strategy
 
     strategy = resolve_strategy("default")
-    causal_lm = load_model(preset_dir, strategy, lora_rank=args.lora_rank)
+    causal_lm = load_model(preset_dir, strategy, lora_rank=args.lora_rank, remat=args.remat)
     config = TrainConfig(steps=WARMUP_STEPS + args.steps, global_batch_size=args.batch, learning_rate=1e-4,
                          log_every=WARMUP_STEPS, checkpoint_every=10**9, jit_compile=args.jit_compile, shuffle_buffer=1)
     trainer = Trainer(causal_lm, strategy, config, output_dir)
@@ -110,6 +110,7 @@ def parse_args(argv=None):
     parser.add_argument("--lora_rank", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--remat", action="store_true", help="ours only: recompute decoder blocks")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "PRESET", "PATTERN"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -122,6 +123,7 @@ def main():
 
     flags = [f"--batch={args.batch}", f"--sequence_length={args.sequence_length}", f"--lora_rank={args.lora_rank}",
              f"--steps={args.steps}", "--jit_compile" if args.jit_compile else "--no-jit_compile"]
+    flags += ["--remat"] if args.remat else []
     with tempfile.TemporaryDirectory() as preset_dir, tempfile.TemporaryDirectory() as data_dir:
         gemma3_tf.Gemma3CausalLM.from_preset("gemma3_270m_q4_k_m", progress=False).save_to_preset(preset_dir)
         pattern = write_data(data_dir, preset_dir, args.batch, args.sequence_length, args.steps)
@@ -133,7 +135,8 @@ def main():
                 sys.exit(f"{impl} failed:\n{result.stderr[-3000:]}")
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
     print(f"Real Gemma 3 270M, float32, LoRA rank {args.lora_rank}, batch {args.batch} x {args.sequence_length} "
-          f"tokens, XLA {'on' if args.jit_compile else 'off'}, {args.steps} measured steps")
+          f"tokens, XLA {'on' if args.jit_compile else 'off'}, remat {'on' if args.remat else 'off'}, "
+          f"{args.steps} measured steps")
     print("| impl | tokens/s | s/step | loss | peak RSS GiB |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['impl']} | {row['tokens_per_s']} | {row['step_s']} | {row['loss']} | {row['peak_rss_gib']} |")
