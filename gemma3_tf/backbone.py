@@ -1,3 +1,5 @@
+import os
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -266,9 +268,27 @@ class Gemma3Backbone(keras.Model):
         checkpoint.load_weights(backbone, progress=progress)
         return backbone
 
-    def save_to_preset(self, preset_dir, max_shard_size=10):
-        """Writes a keras-hub preset directory (weights sharded above `max_shard_size` GB)."""
-        keras_preset.save_backbone(self, preset_dir, max_shard_size=max_shard_size)
+    def save_to_preset(self, preset_dir, max_shard_size=10, merge_lora=True):
+        """Writes a keras-hub preset directory (weights sharded above `max_shard_size` GB).
+
+        With LoRA enabled, Keras merges the adapters into the kernels; `merge_lora=False` instead
+        writes the base weights and the adapters apart (`lora_adapters.h5`), and `from_preset`
+        then gives the LoRA model back.
+        """
+        if merge_lora or not keras_preset.lora_weights(self):
+            keras_preset.save_backbone(self, preset_dir, max_shard_size=max_shard_size)
+            return
+        # With the second factors at zero, the merged kernels Keras writes are the base kernels exactly.
+        factors_b = [weight for weight in keras_preset.lora_weights(self) if weight.path.endswith("lora_kernel_b")]
+        values = [weight.numpy() for weight in factors_b]
+        try:
+            for weight in factors_b:
+                weight.assign(tf.zeros(weight.shape, weight.dtype))
+            keras_preset.save_backbone(self, preset_dir, max_shard_size=max_shard_size)
+        finally:
+            for weight, value in zip(factors_b, values):
+                weight.assign(value)
+        keras_preset.save_lora(self, os.path.join(preset_dir, keras_preset.LORA_FILE))
 
 
 def _build_zero_initialized(build):

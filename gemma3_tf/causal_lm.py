@@ -60,9 +60,10 @@ class Gemma3CausalLM(keras.Model):
                 kwargs["preprocessor"] = None
         return cls(backbone, **kwargs)
 
-    def save_to_preset(self, preset_dir, max_shard_size=10):
-        """Writes a keras-hub preset directory: the backbone, and the preprocessor's files when it has one."""
-        self.backbone.save_to_preset(preset_dir, max_shard_size=max_shard_size)
+    def save_to_preset(self, preset_dir, max_shard_size=10, merge_lora=True):
+        """Writes a keras-hub preset directory: the backbone, and the preprocessor's files when it has one.
+        `merge_lora=False` keeps LoRA adapters apart from the base weights (see `Gemma3Backbone`)."""
+        self.backbone.save_to_preset(preset_dir, max_shard_size=max_shard_size, merge_lora=merge_lora)
         if self.preprocessor is not None:
             self.preprocessor.save_to_preset(preset_dir)
 

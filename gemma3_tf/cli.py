@@ -132,7 +132,8 @@ def _train(args):
     training.train(
         args.preset, args.train_data, args.output_dir, steps=args.steps, epochs=args.epochs,
         global_batch_size=args.global_batch_size, eval_data=args.eval_data, strategy=args.strategy, tpu=args.tpu,
-        dtype=args.dtype, lora_rank=args.lora_rank, remat=args.remat, learning_rate=args.learning_rate,
+        dtype=args.dtype, lora_rank=args.lora_rank, remat=args.remat, merge_lora=not args.keep_lora,
+        learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps, decay=args.decay, weight_decay=args.weight_decay, clipnorm=args.clipnorm,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, jit_compile=args.jit_compile,
         seed=args.seed)
@@ -154,6 +155,8 @@ def _add_train_parser(commands):
     train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW's, not on norms or embeddings")
     train.add_argument("--clipnorm", type=float, default=1.0, help="global gradient norm clip (0: none)")
     train.add_argument("--lora_rank", type=int, default=0, help="0: full fine-tune")
+    train.add_argument("--keep_lora", action="store_true",
+                       help="final/ keeps the adapters apart (lora_adapters.h5) instead of merging them")
     train.add_argument("--dtype", choices=["float32", "bfloat16", "mixed_bfloat16"], default=None)
     train.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True,
                        help="XLA-compile the train step (turn off for MirroredStrategy on CPU)")

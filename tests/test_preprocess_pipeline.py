@@ -241,3 +241,12 @@ def test_tfds_dataset_source(tmp_path, manifest, vision_preset):
     features = data.parse_example(record, schema)
     assert int(features["vision_mask"].numpy().sum()) == 4
     assert float(tf.reduce_max(tf.abs(features["images"][0]))) > 0
+
+
+def test_gzip_shards_are_deterministic_and_readable(manifest, vision_preset, tmp_path):
+    for name in ("one", "two"):
+        run(manifest[0], vision_preset[0], tmp_path / name, "--compression", "gzip")
+    one, two = (sorted(glob.glob(f"{tmp_path / name}/*.tfrecord.gz")) for name in ("one", "two"))
+    assert len(one) == 3 and [open(path, "rb").read() for path in one] == [open(path, "rb").read() for path in two]
+    batches = data.load_tfrecord_dataset(f"{tmp_path / 'one'}/train-*.tfrecord.gz", 1, shuffle=False)
+    assert len(list(batches)) == len(GOOD)

@@ -115,6 +115,16 @@ def test_lora_trains_only_the_adapters(tiny, tmp_path):
     merged = gemma3_tf.Gemma3CausalLM.from_preset(str(tmp_path / "final"), progress=False)
     batch = next(iter(data.load_tfrecord_dataset(tiny[1], 4, shuffle=False)))[0]
     np.testing.assert_allclose(merged(batch), trainer.causal_lm(batch), atol=1e-4)
+    assert not any("lora" in weight.path for weight in merged.weights)
+    # Kept apart: the base weights unchanged, and from_preset gives the LoRA model back.
+    trainer.save(str(tmp_path / "kept"), merge_lora=False)
+    kept = gemma3_tf.Gemma3CausalLM.from_preset(str(tmp_path / "kept"), progress=False)
+    np.testing.assert_allclose(kept(batch), trainer.causal_lm(batch), atol=1e-5)
+    assert kept.backbone.lora_rank == 2
+    base_weights = {weight.path: weight.numpy() for weight in before.weights}
+    for weight in kept.backbone.weights:
+        if weight.path in base_weights:
+            np.testing.assert_array_equal(weight.numpy(), base_weights[weight.path], err_msg=weight.path)
 
 
 MIRRORED_SCRIPT = """

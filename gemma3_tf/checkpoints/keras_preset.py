@@ -20,6 +20,7 @@ import tensorflow as tf
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 SHARDED_WEIGHTS_FILE = "model.weights.json"
+LORA_FILE = "lora_adapters.h5"  # gemma3-tf's own: LoRA factors kept apart from the base weights
 METADATA_FILE = "metadata.json"
 TOKENIZER_CONFIG_FILE = "tokenizer.json"
 PREPROCESSOR_CONFIG_FILE = "preprocessor.json"
@@ -82,6 +83,8 @@ class KerasPresetCheckpoint:
             )
         check_weights_match(backbone, shards, self.source.description)
         backbone.load_weights(path)
+        if self.source.exists(LORA_FILE):
+            load_lora(backbone, self.source.get_file(LORA_FILE))
 
     def tokenizer_proto(self):
         with open(self.source.get_file(VOCABULARY_FILE), "rb") as file:
@@ -212,3 +215,34 @@ def save_preprocessor(preprocessor, preset_dir):
     if preprocessor.image_converter is not None:
         _write_json(os.path.join(preset_dir, IMAGE_CONVERTER_CONFIG_FILE),
                     image_converter_json(preprocessor.image_converter))
+
+
+def lora_weights(backbone):
+    """The LoRA factors (`lora_kernel_a`, `lora_kernel_b`) among `backbone`'s weights."""
+    return [weight for weight in backbone.weights if weight.path.endswith(("lora_kernel_a", "lora_kernel_b"))]
+
+
+def save_lora(backbone, filepath):
+    """The LoRA factors of `backbone` alone, keyed by weight path, with the rank as an attribute."""
+    adapters = lora_weights(backbone)
+    if not adapters:
+        raise ValueError("The model has no LoRA adapters: call `enable_lora(rank)` first.")
+    with h5py.File(filepath, "w") as file:
+        file.attrs["rank"] = backbone.lora_rank
+        for weight in adapters:
+            file[weight.path] = weight.numpy()
+
+
+def load_lora(backbone, filepath):
+    """Enables LoRA at the stored rank (unless enabled) and sets the stored factors."""
+    with h5py.File(filepath, "r") as file:
+        if not getattr(backbone, "lora_rank", None):
+            backbone.enable_lora(int(file.attrs["rank"]))
+        stored = {}
+        file.visititems(lambda name, item: stored.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    adapters = {weight.path: weight for weight in lora_weights(backbone)}
+    if set(stored) != set(adapters):
+        raise ValueError(f"{filepath} holds LoRA factors for {sorted(set(stored) - set(adapters))[:3]} and lacks "
+                         f"{sorted(set(adapters) - set(stored))[:3]}: it was saved from another model or rank.")
+    for path, weight in adapters.items():
+        weight.assign(stored[path])

@@ -43,9 +43,11 @@ def rematerialize(block):
 
 
 def train(preset, train_data, output_dir, steps=None, epochs=None, global_batch_size=8, eval_data=None,
-          strategy="auto", tpu=None, dtype=None, lora_rank=0, remat=False, progress=True, **config):
+          strategy="auto", tpu=None, dtype=None, lora_rank=0, remat=False, merge_lora=True, progress=True,
+          **config):
     """Fine-tunes `preset` on `train_data` (a TFRecord glob); writes checkpoints, `final/` and `summary.json`
-    to `output_dir`, resuming from its latest checkpoint. `steps` is the total step count; `epochs`
+    to `output_dir`, resuming from its latest checkpoint (`merge_lora=False`: `final/` keeps the LoRA
+    adapters apart from the base weights). `steps` is the total step count; `epochs`
     derives it from the data's example count. Other keyword arguments go to `TrainConfig`."""
     if (steps is None) == (epochs is None):
         raise ValueError("Give exactly one of `steps` and `epochs`.")
@@ -59,6 +61,6 @@ def train(preset, train_data, output_dir, steps=None, epochs=None, global_batch_
     summary = trainer.fit(train_data, eval_data, progress=progress)
     summary.update(preset=str(preset), lora_rank=lora_rank, dtype=dtype or "float32",
                    final_preset=os.path.join(output_dir, "final"))
-    trainer.save(summary["final_preset"], summary)
+    trainer.save(summary["final_preset"], summary, merge_lora=merge_lora)
     print(json.dumps(summary, indent=2))
     return summary

@@ -182,9 +182,10 @@ class Trainer:
             loss_sum, tokens = loss_sum + float(batch_loss), tokens + float(batch_tokens)
         return loss_sum / max(tokens, 1.0)
 
-    def save(self, preset_dir, summary=None):
-        """The trained model as a preset directory (LoRA merged into the kernels), plus `summary.json`."""
-        self.causal_lm.save_to_preset(preset_dir)
+    def save(self, preset_dir, summary=None, merge_lora=True):
+        """The trained model as a preset directory (LoRA merged into the kernels, or kept apart), plus
+        `summary.json`."""
+        self.causal_lm.save_to_preset(preset_dir, merge_lora=merge_lora)
         if summary is not None:
             with open(os.path.join(self.output_dir, "summary.json"), "w") as file:
                 json.dump(summary, file, indent=2)
