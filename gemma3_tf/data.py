@@ -69,6 +69,14 @@ class Schema:
         return cls(**values)
 
     @classmethod
+    def for_pattern(cls, pattern):
+        """The schema beside the shards matching `pattern`."""
+        files = tf.io.gfile.glob(pattern)
+        if not files:
+            raise FileNotFoundError(f"No TFRecord files match {pattern!r}.")
+        return cls.load(os.path.dirname(sorted(files)[0]))
+
+    @classmethod
     def load(cls, directory):
         path = os.path.join(directory, SCHEMA_FILE)
         if not tf.io.gfile.exists(path):
@@ -130,10 +138,10 @@ def load_tfrecord_dataset(pattern, batch_size, schema=None, shuffle=True, shuffl
     Returns: batches of ({"token_ids", "padding_mask"[, "images", "vision_mask",
         "vision_indices"]}, labels [B, T], sample_weight [B, T]), shapes static.
     """
+    schema = schema or Schema.for_pattern(pattern)
     files = tf.io.gfile.glob(pattern)
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {pattern!r}.")
-    schema = schema or Schema.load(os.path.dirname(files[0]))
     if with_images is None:
         with_images = schema.max_images_per_prompt > 0
     dataset = tf.data.Dataset.from_tensor_slices(sorted(files))

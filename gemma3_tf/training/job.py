@@ -6,7 +6,8 @@ import os
 import tensorflow as tf
 
 from gemma3_tf.training.strategy import resolve_strategy
-from gemma3_tf.training.trainer import TrainConfig, Trainer, _schema_for
+from gemma3_tf.data import Schema
+from gemma3_tf.training.trainer import TrainConfig, Trainer
 
 
 def load_model(preset, strategy, dtype=None, lora_rank=0, remat=False):
@@ -52,7 +53,7 @@ def train(preset, train_data, output_dir, steps=None, epochs=None, global_batch_
     if (steps is None) == (epochs is None):
         raise ValueError("Give exactly one of `steps` and `epochs`.")
     if steps is None:
-        examples = _schema_for(train_data).counts.get("written", 0)
+        examples = Schema.for_pattern(train_data).counts.get("written", 0)
         steps = max(epochs * examples // global_batch_size, 1)
     strategy = resolve_strategy(strategy, tpu)
     causal_lm = load_model(preset, strategy, dtype, lora_rank, remat)

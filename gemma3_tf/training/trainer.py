@@ -73,8 +73,7 @@ class Trainer:
                 causal_lm, config.learning_rate, config.steps, config.warmup_steps, config.decay,
                 config.weight_decay)
             self.optimizer.build(causal_lm.trainable_variables)
-        step = self._step if not config.jit_compile else tf.function(self._step, jit_compile=True)
-        self._replica_step = step
+        self._replica_step = tf.function(self._step, jit_compile=True) if config.jit_compile else self._step
         self._train_steps = tf.function(self._train_steps_eager)
         self.history = []  # (step, mean loss per trained token since the previous entry, seconds they took)
 
@@ -127,7 +126,7 @@ class Trainer:
     def fit(self, train_pattern, eval_pattern=None, progress=True):
         """Trains up to `config.steps` (resuming from the latest checkpoint); returns the summary dict."""
         config = self.config
-        schema = _schema_for(train_pattern)
+        schema = data.Schema.for_pattern(train_pattern)
         check_data_matches_model(schema, self.causal_lm, config.global_batch_size)
         checkpoint = tf.train.Checkpoint(model=self.causal_lm, optimizer=self.optimizer)
         manager = tf.train.CheckpointManager(checkpoint, os.path.join(self.output_dir, "checkpoints"), max_to_keep=2)
@@ -168,7 +167,7 @@ class Trainer:
 
     def evaluate(self, pattern):
         """Mean loss per trained token over all examples under `pattern`."""
-        schema = _schema_for(pattern)
+        schema = data.Schema.for_pattern(pattern)
         check_data_matches_model(schema, self.causal_lm, 1)
 
         @tf.function
@@ -189,10 +188,3 @@ class Trainer:
         if summary is not None:
             with open(os.path.join(self.output_dir, "summary.json"), "w") as file:
                 json.dump(summary, file, indent=2)
-
-
-def _schema_for(pattern):
-    files = tf.io.gfile.glob(pattern)
-    if not files:
-        raise FileNotFoundError(f"No TFRecord files match {pattern!r}.")
-    return data.Schema.load(os.path.dirname(files[0]))
