@@ -107,13 +107,17 @@ class PrepareExample(beam.DoFn):
             row = record if isinstance(record, dict) else parse_manifest_line(source, record)
             example = self.prepare(row)
         except Rejected as rejected:
-            self._count(f"rejected_{rejected.code}")
-            yield beam.pvalue.TaggedOutput(REJECTED, {
-                "row": record if isinstance(record, str) else _jsonable(record), "source": source,
-                "reason": str(rejected), "reason_code": rejected.code})
+            code, reason = rejected.code, str(rejected)
+        except Exception as error:  # anything else wrong with one row must not stop the job
+            code, reason = "error", f"{type(error).__name__}: {str(error).strip()[:500]}"
+        else:
+            self._count("examples_written")
+            yield shard_of(row["id"], self.settings["num_shards"]), (row["id"], example)
             return
-        self._count("examples_written")
-        yield shard_of(row["id"], self.settings["num_shards"]), (row["id"], example)
+        self._count(f"rejected_{code}")
+        yield beam.pvalue.TaggedOutput(REJECTED, {
+            "row": record if isinstance(record, str) else _jsonable(record), "source": source,
+            "reason": reason, "reason_code": code})
 
     def prepare(self, row):
         from gemma3_tf.data import serialize_example

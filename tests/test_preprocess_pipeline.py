@@ -250,3 +250,18 @@ def test_gzip_shards_are_deterministic_and_readable(manifest, vision_preset, tmp
     assert len(one) == 3 and [open(path, "rb").read() for path in one] == [open(path, "rb").read() for path in two]
     batches = data.load_tfrecord_dataset(f"{tmp_path / 'one'}/train-*.tfrecord.gz", 1, shuffle=False)
     assert len(list(batches)) == len(GOOD)
+
+
+def test_an_unexpected_error_in_one_row_is_rejected_not_fatal(manifest, vision_preset, tmp_path, monkeypatch):
+    prepare = preprocess.PrepareExample.prepare
+
+    def failing_on_one_row(self, row):
+        if row["id"] == "text-only":
+            raise RuntimeError("boom")
+        return prepare(self, row)
+
+    monkeypatch.setattr(preprocess.PrepareExample, "prepare", failing_on_one_row)
+    counts = run(manifest[0], vision_preset[0], tmp_path)
+    assert counts["rejected"]["error"] == 1 and counts["written"] == len(GOOD) - 1
+    assert counts["read"] == counts["written"] + sum(counts["rejected"].values())
+    assert any(row["reason"] == "RuntimeError: boom" for row in rejected_rows(tmp_path))
