@@ -157,7 +157,8 @@ def _add_train_parser(commands):
     train.add_argument("--lora_rank", type=int, default=0, help="0: full fine-tune")
     train.add_argument("--keep_lora", action="store_true",
                        help="final/ keeps the adapters apart (lora_adapters.h5) instead of merging them")
-    train.add_argument("--dtype", choices=["float32", "bfloat16", "mixed_bfloat16"], default=None)
+    train.add_argument("--dtype", choices=["float32", "mixed_bfloat16"], default=None,
+                       help="mixed_bfloat16: float32 weights, bfloat16 compute")
     train.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True,
                        help="XLA-compile the train step (turn off for MirroredStrategy on CPU)")
     train.add_argument("--remat", action="store_true", help="recompute decoder blocks in the backward pass")

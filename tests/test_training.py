@@ -254,3 +254,18 @@ def test_plan_command_for_the_big_presets(capsys):
     assert cli.main(["plan", "--preset", "gemma3_27b", "--global_batch_size", "8", "--sequence_length", "2048",
                      "--device", "v5e"]) == 1  # full fine-tune in float32: 27B x 16 bytes
     assert "does NOT fit" in capsys.readouterr().out
+
+
+def test_mixed_bfloat16_training_lowers_the_loss_and_pure_bfloat16_is_refused(tiny, tmp_path):
+    from gemma3_tf.training import load_model
+
+    strategy = resolve_strategy("default")
+    config = TrainConfig(steps=20, global_batch_size=8, learning_rate=1e-2, log_every=10, checkpoint_every=20)
+    causal_lm = load_model(tiny[0], strategy, dtype="mixed_bfloat16")
+    trainer = Trainer(causal_lm, strategy, config, str(tmp_path))
+    trainer.fit(tiny[1], progress=False)
+    (_, first, _), (_, last, _) = trainer.history
+    assert np.isfinite(last) and last < 0.8 * first, trainer.history
+    assert {weight.dtype for weight in causal_lm.trainable_variables} == {"float32"}
+    with pytest.raises(ValueError, match="Trainable weights in bfloat16: Keras' AdamW cannot update them"):
+        Trainer(load_model(tiny[0], strategy, dtype="bfloat16"), strategy, config, str(tmp_path / "bf16"))

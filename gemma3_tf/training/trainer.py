@@ -65,6 +65,13 @@ class Trainer:
 
     def __init__(self, causal_lm, strategy, config, output_dir):
         self.causal_lm, self.strategy, self.config, self.output_dir = causal_lm, strategy, config, output_dir
+        low_precision = sorted({v.dtype for v in causal_lm.trainable_variables} - {"float32", "float64"})
+        if low_precision:
+            # Keras' Adam computes 1 - beta_2 ** step in the variable's dtype: 0.999 rounds to 1 in
+            # bfloat16, so every update would be zero.
+            raise ValueError(f"Trainable weights in {low_precision[0]}: Keras' AdamW cannot update them (its "
+                             "beta_2=0.999 rounds to 1.0). Train with dtype mixed_bfloat16 (float32 weights, "
+                             "bfloat16 compute).")
         if config.global_batch_size % strategy.num_replicas_in_sync:
             raise ValueError(f"global_batch_size={config.global_batch_size} must be divisible by the "
                              f"{strategy.num_replicas_in_sync} replicas.")
