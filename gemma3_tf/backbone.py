@@ -275,11 +275,12 @@ class Gemma3Backbone(keras.Model):
         writes the base weights and the adapters apart (`lora_adapters.h5`), and `from_preset`
         then gives the LoRA model back.
         """
-        if merge_lora or not keras_preset.lora_weights(self):
+        adapters = keras_preset.lora_weights(self)
+        if merge_lora or not adapters:
             keras_preset.save_backbone(self, preset_dir, max_shard_size=max_shard_size)
             return
         # With the second factors at zero, the merged kernels Keras writes are the base kernels exactly.
-        factors_b = [weight for weight in keras_preset.lora_weights(self) if weight.path.endswith("lora_kernel_b")]
+        factors_b = [weight for weight in adapters if weight.path.endswith("lora_kernel_b")]
         values = [weight.numpy() for weight in factors_b]
         try:
             for weight in factors_b:

@@ -46,7 +46,7 @@ def _generate(args):
 
     import gemma3_tf
     from gemma3_tf import samplers
-    from gemma3_tf.preprocessing import chat_prompt
+    from gemma3_tf.preprocessing import chat_prompt, images_in_front
 
     causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(args.preset, dtype=args.dtype)
     if causal_lm.preprocessor is None:
@@ -61,8 +61,7 @@ def _generate(args):
     for path in args.image:
         with open(path, "rb") as file:
             images.append(file.read())
-    if images and "<start_of_image>" not in prompt:
-        prompt = "<start_of_image>" * len(images) + prompt
+    prompt = images_in_front(prompt, len(images))
     inputs = {"prompts": [prompt], "images": [images]} if images else [prompt]
     features = causal_lm.preprocessor.generate_preprocess(inputs, args.max_length)
     features = {key: np.asarray(value) for key, value in features.items()}

@@ -17,6 +17,14 @@ from gemma3_tf.tokenizer import Gemma3Tokenizer
 START_OF_IMAGE = "<start_of_image>"
 
 
+def images_in_front(prompt, num_images):
+    """`prompt` with `num_images` `<start_of_image>` markers in front when it has none: where a prompt
+    does not say where its images go, they come first."""
+    if num_images and START_OF_IMAGE not in prompt:
+        return START_OF_IMAGE * num_images + prompt
+    return prompt
+
+
 def chat_prompt(turns, add_generation_prompt=True):
     """Gemma's chat format for `turns`: [{"role": "user"|"model"|"system", "content": str}, ...].
 

@@ -24,12 +24,18 @@ import posixpath
 import urllib.request
 
 import apache_beam as beam
+import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from gemma3_tf import checkpoints
+from gemma3_tf.data import SCHEMA_FILE, Schema, serialize_example, tokenizer_fingerprint
+from gemma3_tf.preprocessing import (START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter, chat_prompt,
+                                     images_in_front)
+from gemma3_tf.tokenizer import Gemma3Tokenizer
+
 NAMESPACE = "gemma3_tf.preprocess"
 REJECTED = "rejected"
-START_OF_IMAGE = "<start_of_image>"  # the marker of `gemma3_tf.preprocessing`, which workers import lazily
 
 
 class Rejected(Exception):
@@ -83,10 +89,6 @@ class PrepareExample(beam.DoFn):
         self.counters = {}
 
     def setup(self):
-        # Imported here: workers load TensorFlow once, the launcher's graph stays light.
-        from gemma3_tf.preprocessing import Gemma3CausalLMPreprocessor, Gemma3ImageConverter
-        from gemma3_tf.tokenizer import Gemma3Tokenizer
-
         settings = self.settings
         tokenizer = Gemma3Tokenizer(self.tokenizer_proto, has_vision_tokens=self.has_vision_tokens)
         converter = Gemma3ImageConverter(settings["image_size"]) if settings["max_images_per_prompt"] else None
@@ -120,18 +122,14 @@ class PrepareExample(beam.DoFn):
             "reason": reason, "reason_code": code})
 
     def prepare(self, row):
-        from gemma3_tf.data import serialize_example
-        from gemma3_tf.preprocessing import chat_prompt
-
         settings = self.settings
         prompt, response, images = row["prompt"], row["response"], row["images"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise Rejected("empty_prompt", "`prompt` must be a non-empty string")
         if not isinstance(response, str) or not response.strip():
             raise Rejected("empty_response", "`response` must be a non-empty string (the loss is on it)")
+        prompt = images_in_front(prompt, len(images))
         markers = prompt.count(START_OF_IMAGE)
-        if images and not markers:
-            prompt, markers = START_OF_IMAGE * len(images) + prompt, len(images)
         if markers > settings["max_images_per_prompt"]:
             raise Rejected("too_many_images", f"{markers} images; at most --max_images_per_prompt="
                                               f"{settings['max_images_per_prompt']}")
@@ -156,8 +154,6 @@ class PrepareExample(beam.DoFn):
         return serialize_example(features, encoded, row["id"])
 
     def resize_and_encode(self, data, location):
-        import tensorflow as tf
-
         try:
             pixels = self.preprocessor.image_converter.resize(tf.constant(data))
         except (tf.errors.InvalidArgumentError, ValueError) as error:
@@ -196,8 +192,6 @@ class WriteShard(beam.DoFn):
         self.output_dir, self.num_shards, self.compression = output_dir, num_shards, compression
 
     def process(self, element):
-        import tensorflow as tf
-
         shard, examples = element
         examples = sorted(examples)
         with tf.io.TFRecordWriter(shard_path(self.output_dir, shard, self.num_shards, self.compression),
@@ -209,10 +203,6 @@ class WriteShard(beam.DoFn):
 
 def write_schema(_, schema_fields, output_dir, num_shards, compression, read, written, rejected):
     """Runs once at the end: empty files for shards that got no example, then `schema.json`."""
-    import tensorflow as tf
-
-    from gemma3_tf.data import SCHEMA_FILE, Schema
-
     for shard in sorted(set(range(num_shards)) - {shard for shard, _ in written}):
         with tf.io.TFRecordWriter(shard_path(output_dir, shard, num_shards, compression),
                                   tf.io.TFRecordOptions(compression_type=compression)):
@@ -259,10 +249,6 @@ def build_parser():
 
 def resolve_settings(args):
     """Flags + the preset -> (settings for the workers, tokenizer proto, has_vision_tokens, Schema fields)."""
-    from gemma3_tf import checkpoints
-    from gemma3_tf.data import tokenizer_fingerprint
-    from gemma3_tf.tokenizer import Gemma3Tokenizer
-
     for flag in ("sequence_length", "num_shards"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"error: --{flag} must be at least 1, got {getattr(args, flag)}")
@@ -326,8 +312,6 @@ def main(argv=None):
     options = PipelineOptions(beam_args, save_main_session=False)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, args, settings, tokenizer_proto, has_vision_tokens, schema_fields)
-    from gemma3_tf.data import Schema
-
     counts = Schema.load(args.output_dir).counts
     print(f"gemma3-tf preprocess: {counts['read']} rows read, {counts['written']} examples written to "
           f"{args.output_dir} in {counts['shards']} shards, {sum(counts['rejected'].values())} rejected "
