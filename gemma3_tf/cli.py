@@ -120,9 +120,43 @@ def build_parser():
     generate.set_defaults(run=_generate)
     _add_train_parser(commands)
     _add_plan_parser(commands)
+    _add_export_parser(commands)
     for name, module in _JOBS.items():  # listed in --help; `main` hands their flags over
         commands.add_parser(name, help=f"run {module} (see `gemma3-tf {name} --help`)", add_help=False)
     return parser
+
+
+def _export(args):
+    import gemma3_tf
+    from gemma3_tf.export import export_model
+
+    causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(args.preset, dtype=args.dtype)
+    if causal_lm.preprocessor is None:
+        raise SystemExit(f"error: {args.preset} has no tokenizer; an export needs one (it runs in the graph)")
+    if args.max_images is not None:
+        if causal_lm.preprocessor.text_only:
+            raise SystemExit(f"error: --max_images is for models with a vision encoder; {args.preset} has none")
+        causal_lm.preprocessor.max_images_per_prompt = args.max_images
+    export_model(causal_lm, args.model_base_path, version=args.version, max_length=args.max_length,
+                 jit_compile=args.jit_compile, warmup=args.warmup)
+
+
+def _add_export_parser(commands):
+    export = commands.add_parser("export", help="write a SavedModel version for TF Serving: BASE/NAME/VERSION/")
+    export.add_argument("--preset", default="gemma3_270m_q4_k_m",
+                        help="anything `from_preset` accepts, e.g. a `gemma3-tf train` final/ directory")
+    export.add_argument("--model_base_path", required=True,
+                        help="BASE/NAME: NAME is the model name clients ask for; BASE/models.config lists them all")
+    export.add_argument("--version", type=int, default=None, help="default: one above the highest present")
+    export.add_argument("--dtype", default=None, help="weights dtype in the SavedModel, e.g. bfloat16")
+    export.add_argument("--max_length", type=int, default=2048, help="most tokens per row: prompt + new tokens")
+    export.add_argument("--max_images", type=int, default=None, help="images per prompt (vision models)")
+    export.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="XLA for the decode loop: faster; tensorflow_model_server on CPU then needs "
+                             "--xla_cpu_compilation_enabled=true")
+    export.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                        help="write assets.extra/tf_serving_warmup_requests")
+    export.set_defaults(run=_export)
 
 
 def _train(args):
@@ -194,7 +228,7 @@ def _add_plan_parser(commands):
 
 
 # Commands that are jobs of their own, with their own flags (Beam pipeline options included).
-_JOBS = {"preprocess": "pipelines.preprocess"}
+_JOBS = {"preprocess": "pipelines.preprocess", "serve": "serving.server", "query": "serving.client"}
 
 
 def main(argv=None):
@@ -202,8 +236,7 @@ def main(argv=None):
     if argv and argv[0] in _JOBS:
         import importlib
 
-        importlib.import_module(_JOBS[argv[0]]).main(argv[1:])
-        return 0
+        return importlib.import_module(_JOBS[argv[0]]).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -77,16 +77,17 @@ class Decoder:
     """Generates up to `max_new_tokens` per row after right-padded prompts, stopping rows on stop tokens.
 
     The prompt length and the number of new tokens are rounded up to powers of two; stop ids,
-    the seed and the actual number of new tokens are runtime inputs, so calls of other lengths
+    the draws and the actual number of new tokens are runtime inputs, so calls of other lengths
     within a bucket reuse the compiled function. With `on_step`, the prefill and each decode
     step are compiled separately and the loop runs in Python, so each step's ids reach the host.
+    `decode` is the whole loop as one TensorFlow function of tensors, for the SavedModel export.
     """
 
     def __init__(self, backbone, sampler="greedy", pad_token_id=0):
         self.backbone = backbone
         self.sampler = samplers_lib.get(sampler)
         self.pad_token_id = pad_token_id
-        self._generate = tf.function(self._generate_eager, jit_compile=True)
+        self.decode_compiled = tf.function(self.decode, jit_compile=True)
         self._prefill = tf.function(self._prefill_eager, jit_compile=True)
         self._step = tf.function(self._step_eager, jit_compile=True)
 
@@ -99,29 +100,31 @@ class Decoder:
         if len(stop_token_ids) > MAX_STOP_TOKENS:
             raise ValueError(f"`stop_token_ids` holds {len(stop_token_ids)} ids; at most {MAX_STOP_TOKENS}.")
         token_ids = np.asarray(token_ids, "int32")
+        batch = len(token_ids)
         lengths = np.asarray(padding_mask, "int32").sum(-1).astype("int32")
         bucket = _bucket(token_ids.shape[1])
         token_ids = np.pad(token_ids, [(0, 0), (0, bucket - token_ids.shape[1])])
         if seed is None:
             seed = self.sampler.seed if self.sampler.seed is not None else np.random.randint(2**31)
-        seed = tf.constant(seed, tf.int64)
+        uniforms = samplers_lib.step_uniforms(tf.fill([batch], int(seed)), _bucket(max_new_tokens))
+        sampling = self.sampler.parameters(batch)
         stops = np.full([MAX_STOP_TOKENS], -1, "int32")
         stops[: len(stop_token_ids)] = stop_token_ids
         vision = None if vision is None else self._pad_vision(vision, bucket)
         if on_step is None:
-            generated = self._generate(token_ids, lengths, seed, tf.constant(max_new_tokens), stops,
-                                       _bucket(max_new_tokens), vision)
+            limit = tf.fill([batch], int(max_new_tokens))
+            generated = self.decode_compiled(token_ids, lengths, limit, stops, uniforms, sampling, vision)
             return generated.numpy()[:, :max_new_tokens]
-        return self._stream(token_ids, lengths, seed, max_new_tokens, stops, vision, on_step)
+        return self._stream(token_ids, lengths, max_new_tokens, stops, uniforms, sampling, vision, on_step)
 
-    def _stream(self, token_ids, lengths, seed, max_new_tokens, stop_ids, vision, on_step):
-        logits, cache, key_mask = self._prefill(token_ids, lengths, _bucket(max_new_tokens), vision)
+    def _stream(self, token_ids, lengths, max_new_tokens, stop_ids, uniforms, sampling, vision, on_step):
+        logits, cache, key_mask = self._prefill(token_ids, lengths, uniforms.shape[1], vision)
         generated = np.full([len(token_ids), max_new_tokens], self.pad_token_id, "int32")
         done = tf.zeros([len(token_ids)], tf.bool)
         for step in range(max_new_tokens):
             position = tf.constant(token_ids.shape[1] + step)
-            next_ids, logits, cache, done = self._step(logits, cache, key_mask, seed, tf.constant(step), position,
-                                                       stop_ids, done)
+            next_ids, logits, cache, done = self._step(logits, cache, key_mask, uniforms[:, step], sampling,
+                                                       position, stop_ids, done)
             generated[:, step] = next_ids.numpy()
             on_step(generated[:, step].copy())
             if done.numpy().all():
@@ -138,7 +141,7 @@ class Decoder:
         """Runs the prompts [B, T] into a fresh cache with room for `capacity` new tokens.
         Returns (logits of the next token [B, V], cache, key mask [B, T + capacity])."""
         backbone = self.backbone
-        batch, prompt_length = tf.shape(token_ids)[0], token_ids.shape[1]
+        batch, prompt_length = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
         # Left-align: rows end together at `prompt_length`, their padding in front.
         token_ids = left_align(token_ids, lengths, prompt_length)
         prompt_mask = tf.range(prompt_length)[None, :] >= (prompt_length - lengths)[:, None]
@@ -157,31 +160,44 @@ class Decoder:
         hidden, cache = call_with_cache(backbone, token_ids, key_mask, cache, 0, vision)
         return self.backbone.logits(hidden[:, -1]), cache, key_mask
 
-    def _step_eager(self, logits, cache, key_mask, seed, step, position, stop_ids, done):
+    def _step_eager(self, logits, cache, key_mask, uniform, sampling, position, stop_ids, done):
         """Samples the next ids [B] from `logits` and runs them at cache `position`.
         Returns (ids, their successors' logits, cache, done)."""
-        next_ids = self.sampler(logits, seed, step)
+        next_ids = samplers_lib.sample(logits, uniform, *sampling)
         next_ids = tf.where(done, self.pad_token_id, next_ids)
         done = tf.logical_or(done, tf.reduce_any(next_ids[:, None] == stop_ids[None], axis=-1))
         hidden, cache = call_with_cache(self.backbone, next_ids[:, None], key_mask, cache, position)
         return next_ids, self.backbone.logits(hidden[:, -1]), cache, done
 
-    def _generate_eager(self, token_ids, lengths, seed, max_new_tokens, stop_ids, capacity, vision=None):
+    def decode(self, token_ids, lengths, max_new_tokens, stop_ids, uniforms, sampling, vision=None):
+        """The prefill and decode loop, in TensorFlow ops only.
+
+        Args:
+            token_ids: [B, T] right-padded prompts; lengths: [B] their lengths.
+            max_new_tokens: [B] new tokens per row, each at most C.
+            stop_ids: [MAX_STOP_TOKENS] (unused slots -1).
+            uniforms: [B, C] the draws of `samplers.step_uniforms`; C is the cache's room for new tokens.
+            sampling: (temperature, top_k, top_p), each [B]: see `samplers.sample`.
+            vision: optional (images, vision_indices, vision_mask) as the preprocessor makes them.
+        Returns: new ids [B, C], `pad_token_id` after each row's stop token or limit.
+        """
+        capacity = tf.shape(uniforms)[1]
         logits, cache, key_mask = self._prefill_eager(token_ids, lengths, capacity, vision)
-        prompt_length = token_ids.shape[1]
+        prompt_length = tf.shape(token_ids)[1]
 
         def body(step, logits, cache, generated, done):
             next_ids, logits, cache, done = self._step_eager(
-                logits, cache, key_mask, seed, step, prompt_length + step, stop_ids, done)
+                logits, cache, key_mask, uniforms[:, step], sampling, prompt_length + step, stop_ids, done)
+            done = tf.logical_or(done, step + 1 >= max_new_tokens)
             generated = tf.tensor_scatter_nd_update(generated, [[step]], next_ids[None])
             return step + 1, logits, cache, generated, done
 
         def cond(step, logits, cache, generated, done):
-            return tf.logical_and(step < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
+            return tf.logical_not(tf.reduce_all(done))
 
         batch = tf.shape(token_ids)[0]
         generated = tf.fill([capacity, batch], tf.constant(self.pad_token_id, tf.int32))  # time-major: a row per step
-        done = tf.zeros([batch], tf.bool)
+        done = max_new_tokens <= 0
         _, _, _, generated, _ = tf.while_loop(
             cond, body, (tf.constant(0), logits, cache, generated, done), maximum_iterations=capacity)
         return tf.transpose(generated)

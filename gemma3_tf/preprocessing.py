@@ -15,6 +15,15 @@ from gemma3_tf.checkpoints import keras_preset
 from gemma3_tf.tokenizer import Gemma3Tokenizer
 
 START_OF_IMAGE = "<start_of_image>"
+# The first bytes of the formats `tf.io.decode_image` reads.
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def assert_rows(ok, message):
+    """An assertion that all of `ok` [B] holds; else InvalidArgumentError with `message` formatted with the
+    first failing row."""
+    first_bad = tf.argmin(tf.cast(ok, tf.int32), output_type=tf.int32)
+    return tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.format(message, first_bad)])
 
 
 def images_in_front(prompt, num_images):
@@ -270,6 +279,64 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         kept = tf.ragged.constant([[int(t) for t in row if int(t) not in strip] for row in rows], dtype=tf.int32)
         texts = [t.decode("utf-8") for t in self.tokenizer.detokenize(kept).numpy()]
         return texts if batched else texts[0]
+
+    # --- in-graph, for the SavedModel -------------------------------------------------------
+    def serving_features(self, prompts, images):
+        """`generate_preprocess` in TensorFlow ops only, for a SavedModel signature.
+
+        Args:
+            prompts: [B] strings.
+            images: [B, N] encoded JPEG/PNG/GIF/BMP bytes, b"" where a row has fewer images.
+                Rows whose prompt has no `<start_of_image>` get one per image in front.
+        Returns: `token_ids`, `padding_mask` [B, T] (T the longest prompt) and, with a vision encoder,
+            `images` [B, max_images_per_prompt, S, S, 3], `vision_indices` and `vision_mask`.
+        Bad rows raise InvalidArgumentError when the graph runs, naming the first such row.
+        """
+        given = tf.strings.length(images) > 0
+        num_images = tf.reduce_sum(tf.cast(given, tf.int32), axis=1)
+        markers = tf.cast(tf.strings.split(prompts, START_OF_IMAGE).row_lengths() - 1, tf.int32)
+        checks = [(tf.strings.length(tf.strings.strip(prompts)) > 0,
+                   "`prompt[{}]` is empty; a prompt needs at least one character.")]
+        if self.text_only:
+            checks.append((tf.logical_and(num_images == 0, markers == 0),
+                           f"`prompt[{{}}]` has images or {START_OF_IMAGE}, but this model has no vision encoder."))
+        else:
+            checks += [(num_images <= self.max_images_per_prompt,
+                        f"`images[{{}}]` holds more than `max_images_per_prompt`={self.max_images_per_prompt} images."),
+                       (tf.logical_or(markers == 0, markers == num_images),
+                        f"`prompt[{{}}]` has a number of {START_OF_IMAGE} markers other than its number of `images`: "
+                        "give one image per marker, or no markers to put the images in front.")]
+            in_front = tf.strings.reduce_join(
+                tf.where(tf.range(self.max_images_per_prompt)[None, :] < num_images[:, None], START_OF_IMAGE, ""),
+                axis=1)
+            prompts = tf.where(markers > 0, prompts, in_front + prompts)
+        with tf.control_dependencies([assert_rows(ok, message) for ok, message in checks]):
+            prompts = tf.identity(prompts)
+        texts = prompts if self.text_only else self._expand_images(prompts)
+        tokens = self._tokenize(texts, self.add_start_token)
+        token_ids = tf.cast(tokens.to_tensor(default_value=self.tokenizer.pad_token_id), tf.int32)
+        out = {"token_ids": token_ids, "padding_mask": tf.sequence_mask(tokens.row_lengths(), tf.shape(token_ids)[1],
+                                                                        dtype=tf.int32)}
+        if not self.text_only:
+            out["images"] = self._decode_rows(tf.ragged.boolean_mask(images, given))
+            out.update(self._vision_positions(token_ids, self.max_images_per_prompt))
+        return out
+
+    def _decode_rows(self, images):
+        """Ragged [B, (n)] encoded images -> [B, max_images_per_prompt, S, S, 3], zeros after each row's last."""
+        count, size = self.max_images_per_prompt, self.image_converter.image_size
+        padded = images.to_tensor(default_value="", shape=[None, count])
+        known = padded == ""
+        for signature in IMAGE_SIGNATURES:
+            known |= tf.strings.substr(padded, 0, len(signature)) == signature
+        with tf.control_dependencies([assert_rows(tf.reduce_all(known, axis=1),
+                                                  "`images[{}]` holds bytes that are not a JPEG, PNG, GIF or BMP "
+                                                  "image.")]):
+            flat = tf.reshape(padded, [-1])
+        pixels = tf.map_fn(lambda image: tf.cond(image == "", lambda: tf.zeros([size, size, 3]),
+                                                 lambda: self.image_converter(image)),
+                           flat, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return tf.reshape(pixels, [-1, count, size, size, 3])
 
     # --- training ------------------------------------------------------------------------
     def training_features(self, x, sequence_length=None):

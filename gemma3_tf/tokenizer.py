@@ -167,6 +167,12 @@ class Gemma3Tokenizer(keras.layers.Layer):
         self.image_placeholder_token_id = self.image_placeholder_id  # the name this project uses
 
     @property
+    def resources(self):
+        """The TF Text SentencePiece objects a SavedModel must track to run this tokenizer."""
+        self._require_proto()
+        return self._sp, self._sp_render
+
+    @property
     def special_tokens(self):
         return sorted(set(ALL_TOKENS.values()))
 

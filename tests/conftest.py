@@ -81,3 +81,19 @@ def real_causal_lm(gguf_checkpoint):
     import gemma3_tf
 
     return gemma3_tf.Gemma3CausalLM.from_preset(gguf_checkpoint, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_export(tiny_proto, tmp_path_factory):
+    """(causal LM, SavedModel version directory) of a tiny text model: see tiny_exports.py."""
+    from tiny_exports import make_text_export
+
+    return make_text_export(tiny_proto, str(tmp_path_factory.mktemp("exports")))
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_export(tiny_proto, tmp_path_factory):
+    """(causal LM, SavedModel version directory) of a tiny vision model exported with XLA."""
+    from tiny_exports import make_vision_export
+
+    return make_vision_export(tiny_proto, str(tmp_path_factory.mktemp("exports")))

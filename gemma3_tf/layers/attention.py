@@ -1,6 +1,7 @@
 import math
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from gemma3_tf.layers.rms_normalization import RMSNormalization
@@ -37,6 +38,18 @@ def _heads_output(dense, x):
 
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")
+def write_cache(cache, update, index):
+    """`cache` [B, S, K, H] with `update` [B, T, K, H] written at positions index .. index + T - 1.
+
+    A scatter, not `ops.slice_update`: in TensorFlow that is XlaDynamicUpdateSlice, an op with no
+    kernel outside XLA, so a SavedModel exported without XLA could not run it.
+    """
+    batch, length = tf.shape(update)[0], tf.shape(update)[1]
+    rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, length])
+    positions = tf.broadcast_to(index + tf.range(length)[None, :], [batch, length])
+    return tf.tensor_scatter_nd_update(cache, tf.stack([rows, positions], axis=-1), tf.cast(update, cache.dtype))
+
+
 class Gemma3Attention(keras.layers.Layer):
     """Grouped-query attention with Q/K RMSNorm, RoPE, logit soft cap and a KV cache.
 
@@ -123,9 +136,8 @@ class Gemma3Attention(keras.layers.Layer):
         key = self._project(self.key_dense, getattr(self, "key_norm", None), x, positions)
         value = _heads_projection(self.value_dense, x)
         if cache is not None:
-            start = [0, cache_update_index, 0, 0]
-            key = ops.slice_update(cache[0], start, ops.cast(key, cache[0].dtype))
-            value = ops.slice_update(cache[1], start, ops.cast(value, cache[1].dtype))
+            key = write_cache(cache[0], key, cache_update_index)
+            value = write_cache(cache[1], value, cache_update_index)
 
         output = _heads_output(self.output_dense, self._attend(query, key, value, attention_mask, training))
         if cache is not None:

@@ -1,0 +1,70 @@
+"""TF Serving's directory layout: `BASE/NAME/VERSION/` with warmup records, and `BASE/models.config`.
+
+A version directory is written under a temporary name and renamed when complete, so a server
+polling `BASE/NAME` never loads half of one.
+"""
+
+import os
+
+import tensorflow as tf
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MODELS_CONFIG = "models.config"
+
+
+def versions(model_base_path):
+    """The version numbers present under `model_base_path` (complete versions only), sorted."""
+    if not tf.io.gfile.isdir(model_base_path):
+        return []
+    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(model_base_path)
+                  if name.rstrip("/").isdigit()
+                  and tf.io.gfile.exists(os.path.join(model_base_path, name.rstrip("/"), "saved_model.pb")))
+
+
+def write_version(model_base_path, version, write):
+    """Calls `write(directory)` on a temporary directory, then renames it to `model_base_path/version`."""
+    final = os.path.join(model_base_path, str(version))
+    if tf.io.gfile.exists(final):
+        raise FileExistsError(f"Version {version} already exists at {final}; pass another `version`.")
+    staging = os.path.join(model_base_path, f".staging-{version}-{os.getpid()}")
+    tf.io.gfile.makedirs(model_base_path)
+    try:
+        write(staging)
+        tf.io.gfile.rename(staging, final)
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+    return final
+
+
+def write_warmup_requests(export_dir, model_name, requests):
+    """`requests`: [(signature_name, {input: value})] -> `assets.extra/tf_serving_warmup_requests`,
+    the PredictionLog records TF Serving replays before it marks a version available."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    path = os.path.join(export_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature_name, inputs in requests:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = signature_name
+            for key, value in inputs.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def write_models_config(base_path):
+    """`base_path/models.config` (ModelServerConfig text format) naming every model under `base_path`, by
+    absolute path: mount `base_path` at the same path in a TF Serving container and it reads as is."""
+    base_path = os.path.abspath(base_path)
+    names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(base_path)
+                   if versions(os.path.join(base_path, name.rstrip("/"))))
+    entries = "".join(f"  config {{\n    name: '{name}'\n    base_path: '{os.path.join(base_path, name)}'\n"
+                      "    model_platform: 'tensorflow'\n  }\n" for name in names)
+    path = os.path.join(base_path, MODELS_CONFIG)
+    with tf.io.gfile.GFile(path, "w") as file:
+        file.write(f"model_config_list {{\n{entries}}}\n")
+    return path

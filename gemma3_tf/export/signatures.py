@@ -1,0 +1,213 @@
+"""The SavedModel's functions: `serving_default` (generate), `score` and `embed`, as one `tf.Module`.
+
+Everything a request needs runs in the graph: tokenizer (TF Text SentencePiece), image decoding
+and resizing, the decode loop and detokenization. Omitted generation parameters take the
+signature's defaults (SignatureDef `defaults`, honoured by TF Serving 2.15+); each parameter
+is a scalar for the whole request or one value per prompt. Bad requests fail with
+InvalidArgumentError naming the input, which TF Serving returns as HTTP 400 / INVALID_ARGUMENT.
+"""
+
+import tensorflow as tf
+
+from gemma3_tf import samplers
+from gemma3_tf.generation import MAX_STOP_TOKENS, MIN_BUCKET, Decoder, call_with_cache
+from gemma3_tf.preprocessing import assert_rows
+
+MAX_IMAGE_BYTES = 20 << 20
+
+
+def _power_of_two_at_least(value, limit):
+    """The smallest power of two >= `value` and >= MIN_BUCKET, as a tensor (compile buckets for XLA)."""
+    powers = tf.constant([MIN_BUCKET << i for i in range((max(limit, MIN_BUCKET) // MIN_BUCKET).bit_length() + 1)])
+    return tf.reduce_min(tf.where(powers >= value, powers, powers[-1]))
+
+
+def _check(ok, message, *values):
+    """A scalar assertion whose message is `message` formatted with `values` (tensors)."""
+    return tf.debugging.Assert(ok, [tf.strings.format(message, values)])
+
+
+class ServingModule(tf.Module):
+    """The exported model. Attributes are what `tf.saved_model.save` tracks: the weights, the
+    tokenizer's SentencePiece resources, the vocabulary asset and the three functions.
+
+    Args:
+        causal_lm: a `Gemma3CausalLM` with a preprocessor.
+        max_length: most tokens per row, prompt (with BOS and image tokens) and new tokens together.
+        jit_compile: run the decode loop with XLA. tensorflow_model_server on CPU then needs
+            `--xla_cpu_compilation_enabled=true`; without XLA any TF Serving build runs it.
+        vocabulary_path: the SentencePiece file to ship in `assets/`.
+        max_image_bytes: larger encoded images are refused.
+    """
+
+    def __init__(self, causal_lm, max_length, jit_compile, vocabulary_path, max_image_bytes=MAX_IMAGE_BYTES):
+        super().__init__(name="gemma3")
+        preprocessor = causal_lm.preprocessor
+        if preprocessor is None:
+            raise ValueError("Exporting needs a Gemma3CausalLM with a preprocessor (its tokenizer goes into the graph).")
+        self._backbone, self._preprocessor = causal_lm.backbone, preprocessor
+        self._tokenizer = preprocessor.tokenizer
+        self._decoder = Decoder(causal_lm.backbone, pad_token_id=self._tokenizer.pad_token_id)
+        self._decode = self._decoder.decode_compiled if jit_compile else self._decoder.decode
+        self._max_length, self._jit_compile, self._max_image_bytes = max_length, jit_compile, max_image_bytes
+        self.model_variables = list(causal_lm.backbone.variables)
+        self.tokenizer_resources = list(self._tokenizer.resources)
+        self.vocabulary = tf.saved_model.Asset(vocabulary_path)
+        tokenizer = self._tokenizer
+        self._stop_ids = tf.constant(
+            [tokenizer.end_token_id, tokenizer.end_of_turn_token_id] + [-1] * (MAX_STOP_TOKENS - 2), tf.int32)
+        # What generate_postprocess removes from completions.
+        self._hidden_ids = tf.constant(sorted(set(tokenizer.special_token_ids) - {tokenizer.start_of_image_token_id}),
+                                       tf.int32)
+
+        def generate(prompt, images=tf.constant("", shape=[1, 0]), max_new_tokens=tf.constant(64),
+                     temperature=tf.constant(0.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
+                     seed=tf.constant(0)):
+            return self._generate(prompt, images, max_new_tokens, temperature, top_k, top_p, seed)
+
+        def score(prompt, response):
+            return self._score(prompt, response)
+
+        def embed(prompt):
+            return self._embed(prompt)
+
+        self.generate = tf.function(generate, input_signature=[
+            tf.TensorSpec([None], tf.string, "prompt"), tf.TensorSpec([None, None], tf.string, "images"),
+            tf.TensorSpec(None, tf.int32, "max_new_tokens"), tf.TensorSpec(None, tf.float32, "temperature"),
+            tf.TensorSpec(None, tf.int32, "top_k"), tf.TensorSpec(None, tf.float32, "top_p"),
+            tf.TensorSpec(None, tf.int32, "seed")])
+        self.score = tf.function(score, input_signature=[tf.TensorSpec([None], tf.string, "prompt"),
+                                                         tf.TensorSpec([None], tf.string, "response")])
+        self.embed = tf.function(embed, input_signature=[tf.TensorSpec([None], tf.string, "prompt")])
+
+    @property
+    def signatures(self):
+        return {"serving_default": self.generate, "score": self.score, "embed": self.embed}
+
+    # --- generate ------------------------------------------------------------------------
+    def _generate(self, prompt, images, max_new_tokens, temperature, top_k, top_p, seed):
+        batch = tf.shape(prompt)[0]
+        per_row = lambda value, name: self._per_row(value, batch, name)  # noqa: E731
+        max_new_tokens, temperature = per_row(max_new_tokens, "max_new_tokens"), per_row(temperature, "temperature")
+        top_k, top_p, seed = per_row(top_k, "top_k"), per_row(top_p, "top_p"), per_row(seed, "seed")
+        images = self._image_rows(images, batch)
+        checks = [
+            assert_rows(max_new_tokens >= 1, "`max_new_tokens[{}]` must be >= 1."),
+            assert_rows(top_k >= 0, "`top_k[{}]` must be >= 0 (0: no top-k cut)."),
+            assert_rows(top_k <= samplers.MAX_TOP_K, f"`top_k[{{}}]` must be at most {samplers.MAX_TOP_K}."),
+            assert_rows((top_p > 0) & (top_p <= 1), "`top_p[{}]` must be in (0, 1]."),
+            assert_rows(temperature >= 0, "`temperature[{}]` must be >= 0 (0: greedy)."),
+            assert_rows(tf.reduce_all(tf.strings.length(images) <= self._max_image_bytes, axis=1),
+                        f"`images[{{}}]` holds an image over {self._max_image_bytes} bytes."),
+        ]
+        with tf.control_dependencies(checks):
+            features = self._preprocessor.serving_features(prompt, images)
+        token_ids, padding_mask = features["token_ids"], features["padding_mask"]
+        lengths = tf.reduce_sum(padding_mask, axis=1)
+        room = self._max_length - lengths
+        with tf.control_dependencies([assert_rows(
+                max_new_tokens <= room,
+                f"`prompt[{{}}]` is too long: its tokens (BOS and image tokens included) plus `max_new_tokens` "
+                f"exceed the max_length={self._max_length} of this export.")]):
+            capacity = tf.reduce_max(max_new_tokens)
+        if self._jit_compile:  # few shapes, so few compiles: pad lengths to powers of two
+            capacity = _power_of_two_at_least(capacity, self._max_length)
+            bucket = _power_of_two_at_least(tf.shape(token_ids)[1], self._max_length)
+            token_ids = tf.pad(token_ids, [[0, 0], [0, bucket - tf.shape(token_ids)[1]]])
+            if "vision_mask" in features:
+                features["vision_mask"] = tf.pad(features["vision_mask"], [[0, 0], [0, bucket - tf.shape(
+                    features["vision_mask"])[1]]])
+        uniforms = samplers.step_uniforms(seed, capacity)
+        sampling = (temperature, top_k, top_p)
+        vision = None
+        if "images" in features:
+            vision = (features["images"], features["vision_indices"], features["vision_mask"])
+        new_ids = self._decode_with_optional_vision(token_ids, lengths, max_new_tokens, uniforms, sampling, vision)
+        return self._completions(new_ids, max_new_tokens)
+
+    def _decode_with_optional_vision(self, token_ids, lengths, max_new_tokens, uniforms, sampling, vision):
+        decode = lambda vision: self._decode(  # noqa: E731
+            token_ids, lengths, max_new_tokens, self._stop_ids, uniforms, sampling, vision)
+        if vision is None:
+            return decode(None)
+        # A batch without images skips the vision encoder.
+        return tf.cond(tf.reduce_any(vision[2] > 0), lambda: decode(vision), lambda: decode(None))
+
+    def _completions(self, new_ids, max_new_tokens):
+        positions = tf.range(tf.shape(new_ids)[1])[None, :]
+        is_stop = tf.reduce_any(new_ids[:, :, None] == self._stop_ids[None, None, :], axis=-1)
+        first_stop = tf.reduce_min(tf.where(is_stop, positions, tf.shape(new_ids)[1]), axis=1)
+        num_tokens = tf.minimum(first_stop + 1, max_new_tokens)
+        shown = tf.logical_and(positions < num_tokens[:, None],
+                               tf.reduce_all(new_ids[:, :, None] != self._hidden_ids[None, None, :], axis=-1))
+        completion = self._tokenizer.detokenize(tf.ragged.boolean_mask(new_ids, shown))
+        return {"completion": completion, "num_tokens": num_tokens}
+
+    @staticmethod
+    def _per_row(value, batch, name):
+        """A scalar or [batch] parameter -> [batch]."""
+        value = tf.convert_to_tensor(value)
+        size_ok = tf.logical_or(tf.size(value) == 1, tf.logical_and(tf.rank(value) == 1, tf.size(value) == batch))
+        with tf.control_dependencies([_check(size_ok, f"`{name}` must be a scalar or hold one value per prompt "
+                                             "({}); it has shape {}.", batch, tf.shape(value))]):
+            return tf.broadcast_to(tf.reshape(value, [-1]), [batch])
+
+    def _image_rows(self, images, batch):
+        """[B, N] images; the default (no images at all) is [1, 0], so any row count passes when N is 0."""
+        rows_ok = tf.logical_or(tf.shape(images)[0] == batch, tf.shape(images)[1] == 0)
+        with tf.control_dependencies([_check(rows_ok, "`images` must have one row per prompt ({}); it has {}.",
+                                             batch, tf.shape(images)[0])]):
+            return tf.cond(tf.shape(images)[1] == 0, lambda: tf.fill([batch, 0], ""), lambda: images)
+
+    # --- score and embed -----------------------------------------------------------------
+    def _hidden_states(self, token_ids, padding_mask):
+        """Final hidden states [B, T, D] of right-padded `token_ids` (one full causal pass)."""
+        backbone = self._backbone
+        shape = [tf.shape(token_ids)[0], tf.shape(token_ids)[1], backbone.num_key_value_heads, backbone.head_dim]
+        dtype = backbone.token_embedding.compute_dtype
+        cache = [(tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(backbone.num_layers)]
+        hidden, _ = call_with_cache(backbone, token_ids, padding_mask, cache, 0)
+        return hidden
+
+    def _text_tokens(self, texts, add_start):
+        with tf.control_dependencies([assert_rows(tf.strings.length(tf.strings.strip(texts)) > 0,
+                                                  "`prompt[{}]` is empty; a prompt needs at least one character.")]):
+            return self._preprocessor._tokenize(texts, add_start)
+
+    def _check_length(self, tokens, what):
+        return assert_rows(tokens.row_lengths() <= self._max_length,
+                           f"`prompt[{{}}]`{what} is longer than the max_length={self._max_length} tokens of this export.")
+
+    def _score(self, prompt, response):
+        """Sum of log p(response tokens | prompt), BOS in front, no EOS after."""
+        prompt_tokens = self._text_tokens(prompt, True)
+        response_tokens = self._tokenizer.tokenize(response)
+        tokens = tf.concat([prompt_tokens, response_tokens], axis=1)
+        with tf.control_dependencies([self._check_length(tokens, " with its response")]):
+            token_ids = tf.cast(tokens.to_tensor(self._tokenizer.pad_token_id), tf.int32)
+        length = tf.shape(token_ids)[1]
+        padding_mask = tf.sequence_mask(tokens.row_lengths(), length, dtype=tf.int32)
+        is_response = tf.cast(tf.concat([tf.zeros_like(prompt_tokens), tf.ones_like(response_tokens)], axis=1)
+                              .to_tensor(0, shape=[None, None]), tf.float32)
+        is_response = tf.pad(is_response, [[0, 0], [0, length - tf.shape(is_response)[1]]])
+        hidden = self._hidden_states(token_ids, padding_mask)
+
+        def row_log_likelihood(row):  # one row at a time: [T, V] float32 logits, not [B, T, V]
+            hidden_row, targets, weights = row
+            log_probs = tf.nn.log_softmax(self._backbone.logits(hidden_row[None, :-1])[0])
+            return tf.reduce_sum(tf.gather(log_probs, targets[1:], batch_dims=1) * weights[1:])
+
+        log_likelihood = tf.map_fn(row_log_likelihood, (hidden, token_ids, is_response),
+                                   fn_output_signature=tf.float32)
+        return {"log_likelihood": log_likelihood,
+                "num_tokens": tf.cast(response_tokens.row_lengths(), tf.int32)}
+
+    def _embed(self, prompt):
+        """Mean of the final (normalized) hidden states over the prompt's tokens, BOS included: [B, D]."""
+        tokens = self._text_tokens(prompt, True)
+        with tf.control_dependencies([self._check_length(tokens, "")]):
+            token_ids = tf.cast(tokens.to_tensor(self._tokenizer.pad_token_id), tf.int32)
+        padding_mask = tf.sequence_mask(tokens.row_lengths(), tf.shape(token_ids)[1], dtype=tf.int32)
+        hidden = tf.cast(self._hidden_states(token_ids, padding_mask), tf.float32)
+        weights = tf.cast(padding_mask, tf.float32)[:, :, None]
+        return {"embedding": tf.reduce_sum(hidden * weights, axis=1) / tf.reduce_sum(weights, axis=1)}

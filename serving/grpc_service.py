@@ -1,0 +1,105 @@
+"""tensorflow.serving.PredictionService over gRPC: Predict and GetModelMetadata.
+
+Classify, Regress and MultiInference keep the generated servicer's UNIMPLEMENTED answer.
+"""
+
+import concurrent.futures
+import logging
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from serving.models import ModelRegistry, RequestError, invalid_argument
+
+log = logging.getLogger("serving")
+
+# Images and long prompts exceed gRPC's 4 MB default; TF Serving lifts the limit too.
+MESSAGE_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+def _model_version(spec) -> int | None:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version_label":
+        raise invalid_argument(
+            f"Unrecognized servable version label: {spec.version_label} "
+            "(this server does not support version labels; use model_spec.version)")
+    return spec.version.value if choice == "version" else None
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+
+    def Predict(self, request, context):
+        return self._answer(context, self._predict, request)
+
+    def GetModelMetadata(self, request, context):
+        return self._answer(context, self._metadata, request)
+
+    def _answer(self, context, method, request):
+        try:
+            return method(request)
+        except RequestError as e:
+            context.abort(grpc.StatusCode[e.code], e.message)
+        except Exception as e:  # A bug here must not take the server down.
+            log.exception("gRPC %s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+
+    def _predict(self, request):
+        if not request.model_spec.name:
+            raise invalid_argument("Missing model_spec.name in request.")
+        inputs = {}
+        for alias, proto in request.inputs.items():
+            try:
+                inputs[alias] = tf.make_ndarray(proto)
+            except Exception as e:
+                raise invalid_argument(f"tensor parsing error: {alias}: {e}")
+        version, signature_name, outputs = self.registry.predict(
+            request.model_spec.name, _model_version(request.model_spec),
+            request.model_spec.signature_name, inputs, list(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = version
+        response.model_spec.signature_name = signature_name
+        for alias, value in outputs.items():
+            response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    def _metadata(self, request):
+        spec = request.model_spec
+        if not spec.name:
+            raise invalid_argument("Missing model_spec.name in request.")
+        if not request.metadata_field:
+            raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise invalid_argument(f"Metadata field {field} is not supported")
+        with self.registry.acquire(spec.name, _model_version(spec)) as servable:
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for key, sig_def in servable.signature_defs.items():
+                signature_map.signature_def[key].CopyFrom(sig_def)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = spec.name
+            response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+
+class GrpcServer:
+    """The gRPC front end; port 0 picks a free port."""
+
+    def __init__(self, registry: ModelRegistry, port: int, host: str = "0.0.0.0", max_workers: int = 16):
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc")
+        self._server = grpc.server(self._executor, options=MESSAGE_OPTIONS)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(registry), self._server)
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"gRPC could not bind {host}:{port}")
+        self._server.start()
+
+    def stop(self, grace: float = 5.0) -> None:
+        self._server.stop(grace).wait()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,194 @@
+"""A local stand-in for tensorflow_model_server: same flags, same REST and gRPC APIs.
+
+    python -m serving.server --model_name=gemma3 --model_base_path=/models/gemma3
+
+In Python (tests, notebooks): `with serve(model_base_path=..., port=0, rest_api_port=0) as s:`.
+"""
+
+import argparse
+import logging
+import os
+import re
+import signal
+import threading
+import time
+
+log = logging.getLogger("serving")
+
+
+class ModelServer:
+    """A running server: `grpc_port`, `rest_port` (None when disabled), `registry`, `batcher`."""
+
+    def __init__(self, models: dict[str, str], port: int | None = 8500, rest_api_port: int | None = 8501,
+                 file_system_poll_wait_seconds: float = 1, enable_batching: bool = False,
+                 max_batch_size: int = 8, batch_timeout_micros: int = 2000,
+                 rest_api_timeout_in_ms: int = 30000, host: str = "0.0.0.0"):
+        from serving.batching import Batcher
+        from serving.grpc_service import GrpcServer
+        from serving.models import ModelRegistry
+        from serving.rest import RestServer
+
+        self.batcher = Batcher(max_batch_size, batch_timeout_micros) if enable_batching else None
+        self.registry = ModelRegistry(models, file_system_poll_wait_seconds, self.batcher)
+        self._grpc = self._rest = None
+        try:
+            # Like TF Serving: the initial versions load (and warm up) before the ports open.
+            self.registry.refresh()
+            self.registry.start_polling()
+            if port is not None:
+                self._grpc = GrpcServer(self.registry, port, host)
+                log.info("gRPC API listening on %s:%d", host, self._grpc.port)
+            if rest_api_port is not None:
+                self._rest = RestServer(self.registry, rest_api_port, host, rest_api_timeout_in_ms)
+                log.info("REST API listening on %s:%d", host, self._rest.port)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self._grpc.port if self._grpc else None
+
+    @property
+    def rest_port(self) -> int | None:
+        return self._rest.port if self._rest else None
+
+    def wait_until_ready(self, timeout: float = 60.0) -> "ModelServer":
+        """Blocks until every model has a version available (one may appear only later)."""
+        deadline = time.monotonic() + timeout
+        while not self.registry.ready():
+            if time.monotonic() > deadline:
+                missing = [n for n, m in self.registry.managers.items() if m.current is None]
+                raise TimeoutError(f"No version of {', '.join(missing)} became available in {timeout} s")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """Stops serving and polling, then unloads the models; no thread is left running."""
+        if self._rest:
+            self._rest.stop()
+            self._rest = None
+        if self._grpc:
+            self._grpc.stop()
+            self._grpc = None
+        self.registry.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def serve(model_base_path: str | None = None, model_name: str = "default", model_config_file: str | None = None,
+          **options) -> ModelServer:
+    """Starts a server for one model (name + base path) or a ModelServerConfig file's models.
+
+    Options are ModelServer's: port / rest_api_port (0 = a free port, None = disabled),
+    file_system_poll_wait_seconds, enable_batching, max_batch_size, batch_timeout_micros,
+    rest_api_timeout_in_ms, host.
+    """
+    if model_config_file:
+        models = read_model_config(model_config_file)
+    elif model_base_path:
+        models = {model_name: model_base_path}
+    else:
+        raise ValueError("Either model_base_path or model_config_file is required")
+    return ModelServer(models, **options)
+
+
+def read_model_config(path: str) -> dict[str, str]:
+    """name -> base_path from a text-format ModelServerConfig (model_config_list)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    with open(path) as f:
+        text_format.Parse(f.read(), config)
+    if not config.HasField("model_config_list"):
+        raise ValueError(f"{path}: expected a model_config_list")
+    models = {}
+    for model in config.model_config_list.config:
+        if not model.name or not model.base_path:
+            raise ValueError(f"{path}: each config needs a name and a base_path, got {model}")
+        if model.model_platform not in ("", "tensorflow"):
+            raise ValueError(f"{path}: model {model.name}: model_platform must be 'tensorflow', "
+                             f"got {model.model_platform!r}")
+        if model.HasField("model_version_policy") or model.version_labels:
+            log.warning("Model %s: model_version_policy/version_labels are ignored; the highest version "
+                        "is served", model.name)
+        models[model.name] = model.base_path
+    return models
+
+
+def read_batching_parameters(path: str) -> dict[str, int]:
+    """max_batch_size / batch_timeout_micros from a text-format BatchingParameters file, which is
+    how tensorflow_model_server takes them (its proto is not in tensorflow-serving-api)."""
+    with open(path) as f:
+        fields = dict(re.findall(r"(\w+)\s*:?\s*\{\s*value\s*:\s*(\d+)\s*\}", f.read()))
+    ignored = sorted(set(fields) - {"max_batch_size", "batch_timeout_micros"})
+    if ignored:
+        log.info("Batching parameters ignored by this server: %s", ", ".join(ignored))
+    return {k: int(v) for k, v in fields.items() if k in ("max_batch_size", "batch_timeout_micros")}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    def flag_bool(text: str) -> bool:  # --enable_batching, --enable_batching=true|false
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+    p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (0: a free port)")
+    p.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0: REST disabled)")
+    p.add_argument("--model_name", default="default")
+    p.add_argument("--model_base_path", default="", help="directory holding the numbered versions")
+    p.add_argument("--model_config_file", default="", help="text-format ModelServerConfig, for several models")
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1,
+                   help="seconds between checks for new versions (0: check only at start)")
+    p.add_argument("--enable_batching", type=flag_bool, nargs="?", const=True, default=False)
+    p.add_argument("--batching_parameters_file", default="",
+                   help="text-format BatchingParameters (tensorflow_model_server's way to set the next two)")
+    p.add_argument("--max_batch_size", type=int, default=8, help="rows per merged call, at most")
+    p.add_argument("--batch_timeout_micros", type=int, default=2000,
+                   help="longest wait for more requests to merge")
+    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
+                   help="REST predictions longer than this answer 504 (0: no limit)")
+    args = p.parse_args(argv)
+    if not args.model_base_path and not args.model_config_file:
+        p.error("one of --model_base_path or --model_config_file is required")
+    if args.model_base_path and args.model_config_file:
+        p.error("--model_base_path and --model_config_file are exclusive")
+    if args.batching_parameters_file:
+        vars(args).update(read_batching_parameters(args.batching_parameters_file))
+    return args
+
+
+def main(argv=None) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ chatter drowns the server's log.
+    # Its own handler: TensorFlow may have configured the root logger already.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    args = parse_args(argv)
+    server = serve(
+        model_base_path=args.model_base_path or None, model_name=args.model_name,
+        model_config_file=args.model_config_file or None, port=args.port,
+        rest_api_port=args.rest_api_port or None,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
+        batch_timeout_micros=args.batch_timeout_micros, rest_api_timeout_in_ms=args.rest_api_timeout_in_ms)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    log.info("Shutting down")
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

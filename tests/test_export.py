@@ -1,0 +1,191 @@
+"""SavedModel export: the reloaded signatures against the in-process model, the op set, the TF Serving layout."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+
+from gemma3_tf import samplers
+from gemma3_tf.export import MODELS_CONFIG, WARMUP_FILE, check_servable_ops, export_model, saved_model_ops
+from test_preprocessing import png
+from tiny_exports import PROMPTS, in_process, in_process_ids
+
+
+# Runs in a fresh interpreter that never imports gemma3_tf: what TF Serving sees is all there is.
+RELOAD_SCRIPT = """
+import json, sys
+import tensorflow as tf, tensorflow_text  # TF Text's kernels, as tensorflow_model_server links them
+path, requests = sys.argv[1], json.loads(sys.argv[2])
+loaded = tf.saved_model.load(path)
+outputs = []
+for request in requests:
+    inputs = {k: tf.constant(v, tf.string if k in ("prompt", "images") else None) for k, v in request.items()}
+    if "images" in inputs:  # the signature takes every input; `loaded.generate` has the defaults
+        result = loaded.signatures["serving_default"](**inputs)
+    else:
+        result = loaded.generate(**inputs)
+    outputs.append({"completion": [c.decode() for c in result["completion"].numpy()],
+                    "num_tokens": result["num_tokens"].numpy().tolist()})
+assert not any(name.startswith("gemma3_tf") for name in sys.modules)
+print(json.dumps(outputs))
+"""
+
+
+@pytest.fixture(scope="module")
+def text_export(tiny_text_export):
+    causal_lm, path = tiny_text_export
+    return causal_lm, path, tf.saved_model.load(path)
+
+
+@pytest.fixture(scope="module")
+def vision_export(tiny_vision_export):
+    causal_lm, path = tiny_vision_export
+    return causal_lm, path, tf.saved_model.load(path)
+
+
+def serve(loaded, function="generate", **inputs):
+    """Calls the reloaded module's function, which, unlike `signatures[...]`, fills in omitted inputs."""
+    result = getattr(loaded, function)(**{key: tf.constant(value) for key, value in inputs.items()})
+    return {key: value.numpy() for key, value in result.items()}
+
+
+def completions(result):
+    return [text.decode("utf-8") for text in result["completion"]]
+
+
+def test_reloaded_greedy_generation_equals_in_process_in_a_fresh_process(text_export):
+    causal_lm, path, _ = text_export
+    requests = [{"prompt": PROMPTS, "images": [[]] * 2, "max_new_tokens": 10, "temperature": 0.0, "top_k": 0,
+                 "top_p": 1.0, "seed": 0},
+                {"prompt": PROMPTS[1:], "max_new_tokens": [3]}]
+    output = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, path, json.dumps(requests)], check=True,
+                            capture_output=True, text=True, timeout=300).stdout
+    batch, single = json.loads(output.strip().splitlines()[-1])
+    assert batch["completion"] == in_process(causal_lm, PROMPTS, 10)
+    assert single["completion"] == in_process(causal_lm, PROMPTS[1:], 3)
+
+
+def test_sampling_parameters_per_row_match_in_process_samplers_and_ignore_batch_neighbours(text_export):
+    causal_lm, _, loaded = text_export
+    top_k = serve(loaded, prompt=PROMPTS, max_new_tokens=8, temperature=1.5, top_k=5, seed=7)
+    assert completions(top_k) == in_process(causal_lm, PROMPTS, 8, samplers.TopKSampler(5, 1.5), seed=7)
+    top_p = serve(loaded, prompt=PROMPTS, max_new_tokens=8, temperature=2.0, top_p=0.8, seed=3)
+    assert completions(top_p) == in_process(causal_lm, PROMPTS, 8, samplers.TopPSampler(0.8, temperature=2.0), seed=3)
+    # One row per parameter set, in one batch: each row as when it is alone.
+    mixed = serve(loaded, prompt=[PROMPTS[1]] * 3, max_new_tokens=[8, 5, 8], temperature=[0.0, 1.5, 2.0],
+                  top_k=[0, 5, 0], top_p=[1.0, 1.0, 0.8], seed=[0, 7, 3])
+    short_top_k = serve(loaded, prompt=PROMPTS[1:], max_new_tokens=5, temperature=1.5, top_k=5, seed=7)
+    greedy = serve(loaded, prompt=PROMPTS[1:], max_new_tokens=8)
+    alone = [(completions(result)[row], result["num_tokens"][row])
+             for result, row in ((greedy, 0), (short_top_k, 0), (top_p, 1))]
+    assert list(zip(completions(mixed), mixed["num_tokens"])) == alone
+    assert completions(top_k) != completions(serve(loaded, prompt=PROMPTS, max_new_tokens=8, temperature=1.5,
+                                                   top_k=5, seed=8))
+
+
+def test_stop_tokens_end_rows_and_are_counted(text_export):
+    causal_lm, _, loaded = text_export
+    new_ids = in_process_ids(causal_lm, PROMPTS, 12)
+    tokenizer = causal_lm.preprocessor.tokenizer
+    stops = [tokenizer.end_token_id, tokenizer.end_of_turn_token_id]
+    expected = [next((i + 1 for i, token in enumerate(row) if token in stops), 12) for row in new_ids]
+    assert min(expected) <= 3  # the fixture made row 0 stop
+    result = serve(loaded, prompt=PROMPTS, max_new_tokens=12)
+    assert list(result["num_tokens"]) == expected
+    assert completions(result) == causal_lm.preprocessor.generate_postprocess(new_ids)
+
+
+def test_score_and_embed_equal_full_forward_passes(text_export):
+    causal_lm, _, loaded = text_export
+    tokenizer = causal_lm.preprocessor.tokenizer
+    responses = [" over", " dog and the fox"]
+    scored = serve(loaded, "score", prompt=PROMPTS, response=responses)
+    embedded = serve(loaded, "embed", prompt=PROMPTS)["embedding"]
+    for row, (prompt, response) in enumerate(zip(PROMPTS, responses)):
+        prompt_ids = [tokenizer.start_token_id] + tokenizer.tokenize(prompt).numpy().tolist()
+        response_ids = tokenizer.tokenize(response).numpy().tolist()
+        ids = np.array([prompt_ids + response_ids], "int32")
+        logits = np.asarray(causal_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
+        log_probs = tf.nn.log_softmax(logits).numpy()
+        expected = sum(log_probs[len(prompt_ids) + i - 1, t] for i, t in enumerate(response_ids))
+        np.testing.assert_allclose(scored["log_likelihood"][row], expected, rtol=1e-4)
+        assert scored["num_tokens"][row] == len(response_ids)
+        prompt_only = np.array([prompt_ids], "int32")
+        hidden = np.asarray(causal_lm.backbone({"token_ids": prompt_only, "padding_mask": np.ones_like(prompt_only)}))
+        np.testing.assert_allclose(embedded[row], hidden[0].mean(axis=0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"prompt": ["ok", "  "]}, r"`prompt\[1\]` is empty"),
+    ({"prompt": ["ok"], "top_k": 1000}, r"`top_k\[0\]` must be at most 256"),
+    ({"prompt": ["ok"], "top_p": 0.0}, r"`top_p\[0\]` must be in \(0, 1\]"),
+    ({"prompt": ["ok"], "max_new_tokens": 0}, r"`max_new_tokens\[0\]` must be >= 1"),
+    ({"prompt": ["ok"], "max_new_tokens": 47}, r"`prompt\[0\]` is too long: .* exceed the max_length=48 of this export"),
+    ({"prompt": ["ok", "no"], "seed": [1, 2, 3]}, r"`seed` must be a scalar or hold one value per prompt \(2\)"),
+    ({"prompt": ["ok"], "images": [[b"\x89PNG"]]}, r"this model has no vision encoder"),
+])
+def test_bad_requests_fail_with_a_message_naming_the_input(text_export, inputs, message):
+    _, _, loaded = text_export
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve(loaded, **inputs)
+    assert completions(serve(loaded, prompt=["still serving"], max_new_tokens=2))  # the model is fine after
+
+
+def test_tf_serving_layout_warmup_config_and_ops(text_export, tmp_path):
+    causal_lm, path, _ = text_export
+    from tensorflow_serving.apis import prediction_log_pb2
+    from tensorflow_serving.config import model_server_config_pb2
+
+    base = os.path.dirname(os.path.dirname(path))
+    assert os.path.basename(path) == "1" and os.path.isfile(os.path.join(path, "assets", "vocabulary.spm"))
+    logs = [prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            for record in tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE))]
+    assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["serving_default", "score", "embed"]
+    assert {log.predict_log.request.model_spec.name for log in logs} == {"tiny"}
+    config = text_format.Parse(open(os.path.join(base, MODELS_CONFIG)).read(),
+                               model_server_config_pb2.ModelServerConfig())
+    assert [(c.name, c.base_path) for c in config.model_config_list.config] == [("tiny", os.path.dirname(path))]
+    shown = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--dir", path,
+                            "--all"], capture_output=True, text=True, check=True).stdout
+    for name in ("serving_default", "score", "embed", "'prompt'", "'max_new_tokens'", "'completion'",
+                 "'log_likelihood'", "'embedding'"):
+        assert name in shown
+    ops = saved_model_ops(path)
+    assert {"SentencepieceTokenizeOp", "SentencepieceDetokenizeOp", "StatelessWhile"} <= ops
+    check_servable_ops(path)  # no error: TF core and TF Text only
+    # A new export goes next to the highest version, and the checker does refuse Python callbacks.
+    shutil.copytree(path, tmp_path / "models" / "tiny" / "1")
+    second = export_model(causal_lm, tmp_path / "models" / "tiny", max_length=48, warmup=False)
+    assert os.path.basename(second) == "2" and not os.path.exists(os.path.join(second, WARMUP_FILE))
+
+    class WithPython(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def serve(self, x):
+            return tf.py_function(lambda v: v * 2, [x], tf.float32)
+
+    tf.saved_model.save(WithPython(), str(tmp_path / "py"))
+    with pytest.raises(ValueError, match=r"EagerPyFunc \(calls back into Python\)"):
+        check_servable_ops(str(tmp_path / "py"))
+
+
+def test_vision_export_with_xla_takes_image_bytes_like_the_in_process_model(vision_export):
+    causal_lm, _, loaded = vision_export
+    image_a, image_b = png(40, 30, 1)[0], png(20, 50, 2)[0]
+    prompts = ["Describe <start_of_image> please", "Compare", "No image here"]
+    images = [[image_a], [image_a, image_b], []]
+    expected = in_process(causal_lm, [prompts[0], "<start_of_image><start_of_image>Compare", prompts[2]], 6,
+                          images=images)
+    served = serve(loaded, prompt=prompts, images=[[image_a, b""], [image_a, image_b], [b"", b""]], max_new_tokens=6)
+    assert completions(served) == expected
+    alone = serve(loaded, prompt=prompts[2:], max_new_tokens=6)  # the text-only branch, no images input
+    assert completions(alone) == expected[2:]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`images\[0\]` holds bytes that are not a JPEG, PNG"):
+        serve(loaded, prompt=["x"], images=[[b"not an image"]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"markers other than its number of `images`"):
+        serve(loaded, prompt=["<start_of_image> and <start_of_image>"], images=[[image_a]])
