@@ -1,0 +1,107 @@
+"""The exported Gemma 3 SavedModels behind the local TF Serving-compatible server, over loopback: REST and
+gRPC answers equal the in-process model's, bad requests get 4xx with the model's message."""
+
+import base64
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from gemma3_tf import cli
+from serving.client import GrpcClient, RestClient, ServingError
+from serving.server import serve
+from test_preprocessing import png
+from tiny_exports import PROMPTS, in_process
+
+
+@pytest.fixture(scope="module")
+def text_server(tiny_text_export):
+    causal_lm, path = tiny_text_export
+    with serve(model_base_path=os.path.dirname(path), model_name="tiny", port=0, rest_api_port=0,
+               enable_batching=True, file_system_poll_wait_seconds=0) as server:
+        server.wait_until_ready()
+        yield causal_lm, server
+
+
+def clients(server, model_name="tiny"):
+    return (RestClient(f"http://localhost:{server.rest_port}", model_name, timeout=120),
+            GrpcClient(f"localhost:{server.grpc_port}", model_name, timeout=120))
+
+
+def test_rest_and_grpc_completions_equal_the_in_process_model(text_server):
+    causal_lm, server = text_server
+    rest, grpc = clients(server)
+    expected = in_process(causal_lm, PROMPTS, 10)
+    for client in (rest, grpc):
+        assert [r["completion"] for r in client.generate(PROMPTS, max_new_tokens=10)] == expected
+    # TF Serving's row format, as any HTTP client sends it.
+    body = {"instances": [{"prompt": prompt, "max_new_tokens": 10} for prompt in PROMPTS]}
+    response = requests.post(f"http://localhost:{server.rest_port}/v1/models/tiny:predict", json=body, timeout=120)
+    assert response.status_code == 200
+    assert [row["completion"] for row in response.json()["predictions"]] == expected
+    assert rest.status()["model_version_status"][0]["state"] == "AVAILABLE"
+    signatures = grpc.metadata()["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "score", "embed"} <= set(signatures)
+
+
+def test_concurrent_clients_all_succeed(text_server):
+    causal_lm, server = text_server
+    expected = dict(zip(PROMPTS, in_process(causal_lm, PROMPTS, 4)))
+
+    def client_session(number):
+        client = clients(server)[number % 2]
+        return [client.generate(PROMPTS[(number + i) % 2], max_new_tokens=4) for i in range(20)]
+
+    with ThreadPoolExecutor(16) as pool:
+        sessions = list(pool.map(client_session, range(16)))
+    for number, results in enumerate(sessions):
+        assert [r["completion"] for r in results] == [expected[PROMPTS[(number + i) % 2]] for i in range(20)]
+    assert server.batcher.stats()["merged_calls"] > 0
+
+
+@pytest.mark.parametrize("inputs, status, message", [
+    ({"prompt": [""]}, 400, r"`prompt[0]` is empty"),
+    ({"prompt": ["x"], "top_k": 999}, 400, "`top_k[0]` must be at most 256"),
+    ({"prompt": ["x " * 40]}, 400, "is too long"),
+    ({"prompt": [1]}, 400, "prompt"),
+    ({"prompt": ["x"], "temperature": "hot"}, 400, "temperature"),
+])
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(text_server, inputs, status, message):
+    _, server = text_server
+    url = f"http://localhost:{server.rest_port}/v1/models/tiny:predict"
+    response = requests.post(url, json={"inputs": inputs}, timeout=120)
+    assert response.status_code == status and message in response.json()["error"]
+    rest, grpc = clients(server)
+    with pytest.raises(ServingError, match="empty"):
+        grpc.generate("  ")
+    assert rest.generate("still here", max_new_tokens=2)["num_tokens"] >= 1
+
+
+def test_query_command(text_server, capsys):
+    causal_lm, server = text_server
+    code = cli.main(["query", "--url", f"grpc://localhost:{server.grpc_port}", "--model_name", "tiny",
+                     "--max_new_tokens", "6", PROMPTS[1]])
+    assert code == 0
+    assert capsys.readouterr().out.strip() == in_process(causal_lm, PROMPTS[1:], 6)[0].strip()
+
+
+def test_vision_export_takes_b64_images_over_rest(tiny_vision_export):
+    causal_lm, path = tiny_vision_export
+    image = png(36, 24, 5)[0]
+    prompts = ["What is in <start_of_image>?", "No image"]
+    expected = in_process(causal_lm, prompts, 5, images=[[image], []])
+    with serve(model_base_path=os.path.dirname(path), model_name="vision", port=None, rest_api_port=0,
+               file_system_poll_wait_seconds=0) as server:
+        server.wait_until_ready()
+        b64 = {"b64": base64.b64encode(image).decode()}
+        body = {"instances": [{"prompt": prompts[0], "images": [b64], "max_new_tokens": 5},
+                              {"prompt": prompts[1], "images": [{"b64": ""}], "max_new_tokens": 5}]}
+        response = requests.post(f"http://localhost:{server.rest_port}/v1/models/vision:predict", json=body,
+                                 timeout=300)
+        assert response.status_code == 200, response.text
+        assert [row["completion"] for row in response.json()["predictions"]] == expected
+        bad = dict(body, instances=[{"prompt": "x", "images": [{"b64": base64.b64encode(b"GIF89a-broken").decode()}]}])
+        response = requests.post(f"http://localhost:{server.rest_port}/v1/models/vision:predict", json=bad,
+                                 timeout=300)
+        assert response.status_code == 400 and response.json()["error"]
