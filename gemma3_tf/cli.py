@@ -228,7 +228,8 @@ def _add_plan_parser(commands):
 
 
 # Commands that are jobs of their own, with their own flags (Beam pipeline options included).
-_JOBS = {"preprocess": "pipelines.preprocess", "serve": "serving.server", "query": "serving.client"}
+_JOBS = {"preprocess": "pipelines.preprocess", "serve": "serving.server", "query": "serving.client",
+         "batch-infer": "pipelines.batch_inference"}
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers TF Text's ops, which tensorflow_model_server links in)
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 

@@ -97,3 +97,11 @@ def tiny_vision_export(tiny_proto, tmp_path_factory):
     from tiny_exports import make_vision_export
 
     return make_vision_export(tiny_proto, str(tmp_path_factory.mktemp("exports")))
+
+
+@pytest.fixture(scope="session")
+def real_270m_export(real_causal_lm, tmp_path_factory):
+    """The real 270M exported (no XLA) as `BASE/gemma3/1`, once per session (~1 minute, 1.1 GB)."""
+    from gemma3_tf.export import export_model
+
+    return export_model(real_causal_lm, tmp_path_factory.mktemp("real_export") / "gemma3", max_length=256)

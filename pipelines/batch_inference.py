@@ -1,0 +1,459 @@
+"""Batch inference with the exported SavedModel: prompts -> completions, with Apache Beam's RunInference.
+
+    python -m pipelines.batch_inference --model_path models/gemma3/1 --input 'data/prompts-*.jsonl' \\
+        --output_dir out/ [--max_new_tokens 64 --temperature 0.7 --top_k 64 --seed 1] [--max_batch_size 16] \\
+        [--direct_num_workers 2 --direct_running_mode multi_processing ...]
+    gemma3-tf batch-infer ...                                           # the same flags
+    ... --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py \\
+        --machine_type n2-highmem-8 --max_num_workers 20 --experiments=use_runner_v2 --large_model
+
+The model is a version directory `BASE/NAME/N` of `gemma3-tf export` (local or `gs://`); its basename N
+is the `model_version` of every output. Workers run that SavedModel only (TensorFlow + TF Text), never
+gemma3_tf's model code, so the outputs are what TF Serving would answer.
+
+Input (`--input`, a glob; the format from the extension or `--input_format`):
+- JSONL, one prompt a line: {"id", "prompt", "images"?: [path or URL, ...]}. Prompts go to the model
+  as they are (no chat template added); each `<start_of_image>` marks where the next image goes (a
+  prompt without any gets its images in front). Image paths are relative to the JSONL file, absolute,
+  `gs://` (any Beam filesystem) or http(s). A row without an id gets one from the hash of its line.
+- `*.tfrecord[.gz]` written by `pipelines/preprocess.py`: the prompt of each example is its tokens
+  before the response, detokenized with the export's own vocabulary (`assets/vocabulary.spm`, which
+  must be the tokenizer the records were made with: `schema.json`'s fingerprint is checked), and
+  each image block turned back into `<start_of_image>`; so the prompt is the one training saw, chat
+  turns included, and the stored (resized) images are its images. This decoding imports
+  `gemma3_tf.data` and the tokenizer on the workers; JSONL input does not import gemma3_tf at all.
+
+Output in `--output_dir`: `predictions-SSSSS-of-NNNNN.jsonl` ({"id", "prompt", "completion",
+"num_tokens", "model_version"}) and `errors-SSSSS-of-NNNNN.jsonl` ({"id"?, "row" or "prompt",
+"reason", "reason_code"}): every row read is in exactly one of them. A batch the model refuses is
+split: the row its message names goes to the errors, the rest is run again, so one bad row costs one
+extra call and loses nothing. Counters (namespace `gemma3_tf.batch_inference`): rows_read,
+predictions_written, errors_<reason_code>, batches, model_calls.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import posixpath
+import re
+import time
+import urllib.request
+
+import apache_beam as beam
+import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+NAMESPACE = "gemma3_tf.batch_inference"
+ERRORS = "errors"
+START_OF_IMAGE = "<start_of_image>"  # gemma3_tf.preprocessing's; not imported, workers stay off gemma3_tf
+GENERATION_FLAGS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz")
+# The model's messages (gemma3_tf/preprocessing.py, export/signatures.py) -> reason codes.
+MODEL_REASONS = (("is empty", "empty_prompt"), ("is too long", "too_long"),
+                 ("more than `max_images_per_prompt`", "too_many_images"),
+                 ("not a JPEG, PNG, GIF or BMP", "image_unreadable"),
+                 ("markers other than its number of `images`", "image_count_mismatch"),
+                 ("no vision encoder", "images_not_supported"), ("holds an image over", "image_too_large"))
+PARAMETER_ERROR = re.compile(r"^`(max_new_tokens|temperature|top_k|top_p|seed)\b")
+ROW_ERROR = re.compile(r"^`(?:prompt|images)\[(\d+)\]`")
+
+logger = logging.getLogger(NAMESPACE)
+
+
+class Rejected(Exception):
+    """A row that cannot be a prompt; `code` names the reason for counters."""
+
+    def __init__(self, code, message, row_id=None):
+        super().__init__(message)
+        self.code, self.row_id = code, row_id
+
+
+def count(name, value=1):
+    beam.metrics.Metrics.counter(NAMESPACE, name).inc(value)
+
+
+def error_record(code, reason, **fields):
+    count(f"errors_{code}")
+    return beam.pvalue.TaggedOutput(ERRORS, {**fields, "reason": reason, "reason_code": code})
+
+
+# --- rows ------------------------------------------------------------------------------------
+def parse_prompt_line(source, line):
+    """A JSONL line -> {"id", "prompt", "image_paths"} (absolute paths/URLs), or Rejected."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise Rejected("bad_json", f"not valid JSON: {error}") from error
+    if not isinstance(row, dict):
+        raise Rejected("bad_json", f"a row must be a JSON object, got {type(row).__name__}")
+    row_id = row.get("id")
+    if row_id is None or row_id == "":  # stable without an id: the line's own hash
+        row_id = "sha1:" + hashlib.sha1(line.encode("utf-8")).hexdigest()[:20]
+    row_id, prompt = str(row_id), row.get("prompt")
+    if prompt is None:
+        raise Rejected("missing_prompt", "the row has no `prompt`", row_id)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise Rejected("empty_prompt", "`prompt` must be a non-empty string", row_id)
+    images = row.get("images") or []
+    if not isinstance(images, list) or not all(isinstance(image, str) and image for image in images):
+        raise Rejected("bad_images_field", "`images` must be a list of paths or URLs", row_id)
+    base = posixpath.dirname(source)
+    images = [image if "://" in image or image.startswith("/") else posixpath.join(base, image) for image in images]
+    return {"id": row_id, "prompt": prompt, "image_paths": images}
+
+
+def read_image(location):
+    """The bytes at a local path, `gs://` (any Beam filesystem) or http(s) URL (as pipelines/preprocess.py,
+    which imports gemma3_tf, so it is not imported here)."""
+    try:
+        if location.startswith(("http://", "https://")):
+            with urllib.request.urlopen(location, timeout=60) as response:
+                return response.read()
+        with FileSystems.open(location) as file:
+            return file.read()
+    except Exception as error:  # missing file, permission, network: the row is an error, the job goes on
+        raise Rejected("image_missing", f"cannot read image {location}: {error}") from error
+
+
+class ReadJsonlRow(beam.DoFn):
+    """(file, line) -> (id, example {"id", "prompt", "images": [bytes], "image_paths"}), or an `errors` record."""
+
+    def process(self, element):
+        source, line = element
+        count("rows_read")
+        row = None
+        try:
+            row = parse_prompt_line(source, line)
+            row["images"] = [read_image(location) for location in row["image_paths"]]
+        except Rejected as rejected:
+            row_id = rejected.row_id or (row or {}).get("id")
+            yield error_record(rejected.code, str(rejected), **({} if row_id is None else {"id": row_id}), row=line,
+                               source=source)
+            return
+        yield row["id"], row
+
+
+def decode_prompt(token_ids, loss_mask, tokenizer, num_vision_tokens_per_image):
+    """A training example's prompt text: its tokens before the response, BOS dropped, image blocks
+    (what `Gemma3CausalLMPreprocessor` expands `<start_of_image>` into) back to `<start_of_image>`."""
+    response = [index for index, weight in enumerate(loss_mask) if weight]
+    prompt_ids = list(token_ids[: response[0] if response else len(token_ids)])
+    if prompt_ids and prompt_ids[0] == tokenizer.start_token_id:
+        prompt_ids = prompt_ids[1:]
+    text = tokenizer.detokenize(tf.constant([prompt_ids], tf.int32)).numpy()[0].decode("utf-8")
+    block = (f"\n\n{START_OF_IMAGE}" + tokenizer.image_placeholder * num_vision_tokens_per_image
+             + f"{tokenizer.end_of_image_token}\n\n")
+    return text.replace(block, START_OF_IMAGE)
+
+
+class ReadTFRecordRow(beam.DoFn):
+    """A serialized example of pipelines/preprocess.py -> (id, example), or an `errors` record."""
+
+    def __init__(self, schema, model_path):
+        self.schema, self.model_path = schema, model_path
+
+    def setup(self):
+        from gemma3_tf.data import parse_example
+
+        self.parse_example = parse_example
+        self.tokenizer = export_tokenizer(self.model_path)
+
+    def process(self, record):
+        count("rows_read")
+        try:
+            raw = tf.io.parse_single_example(record, {"id": tf.io.FixedLenFeature([], tf.string),
+                                                      "images": tf.io.VarLenFeature(tf.string)})
+            row_id = raw["id"].numpy().decode("utf-8")
+            features = self.parse_example(record, self.schema, with_images=False)
+            prompt = decode_prompt(features["token_ids"].numpy().tolist(), features["loss_mask"].numpy().tolist(),
+                                   self.tokenizer, self.schema.num_vision_tokens_per_image)
+        except Exception as error:  # a record that does not follow the schema must not stop the job
+            yield error_record("bad_record", f"{type(error).__name__}: {str(error).strip()[:500]}",
+                               row=f"<{len(record)} bytes>")
+            return
+        images = list(raw["images"].values.numpy())
+        yield row_id, {"id": row_id, "prompt": prompt, "images": images,
+                       "image_paths": [f"<stored image {i}: {len(image)} bytes>" for i, image in enumerate(images)]}
+
+
+def export_tokenizer(model_path):
+    """The tokenizer of the export (its `assets/vocabulary.spm`), for decoding TFRecord prompts."""
+    from gemma3_tf.tokenizer import VOCAB_FILENAME, Gemma3Tokenizer
+
+    with FileSystems.open(FileSystems.join(model_path, "assets", VOCAB_FILENAME)) as file:
+        return Gemma3Tokenizer(file.read(), has_vision_tokens=False)
+
+
+# --- the model -------------------------------------------------------------------------------
+class SavedModelGenerator:
+    """The reloaded SavedModel's `generate` behind plain Python in and out: what a model shared
+    across processes (`--large_model`) needs, as calls to it are pickled."""
+
+    def __init__(self, model_path):
+        import tensorflow_text  # noqa: F401  (registers the TF Text ops the exported tokenizer runs on)
+
+        self.model_path = model_path
+        self.loaded = tf.saved_model.load(model_path)
+
+    def generate(self, prompts, images, parameters):
+        """[B] prompts, [B, N] image bytes (b"" padding) or None, {name: scalar} -> {"completion",
+        "num_tokens"} lists, or {"error": the model's message} when it refuses the batch."""
+        inputs = {"prompt": tf.constant(prompts, tf.string)}
+        if images is not None:
+            inputs["images"] = tf.constant(images, tf.string)
+        for name, value in parameters.items():
+            inputs[name] = tf.constant(value, tf.float32 if GENERATION_FLAGS[name] is float else tf.int32)
+        try:
+            result = self.loaded.generate(**inputs)
+        except tf.errors.InvalidArgumentError as error:
+            return {"error": error.message}
+        return {"completion": [text.decode("utf-8", errors="replace") for text in result["completion"].numpy()],
+                "num_tokens": result["num_tokens"].numpy().tolist()}
+
+
+def model_reason(message):
+    """The model's message without TensorFlow's framing, and its reason code."""
+    match = re.search(r"assertion failed: \[(.*?)\]\s*\n", message, re.DOTALL)
+    reason = match.group(1) if match else next((line.strip() for line in message.splitlines()
+                                                if line.strip() and "Graph execution error" not in line), message)
+    reason = reason[:500]
+    code = next((code for text, code in MODEL_REASONS if text in reason), None)
+    if code is None:
+        code = "image_unreadable" if re.search(r"(?i)decode|png|jpeg|gif|bmp", reason) else "model_error"
+    return reason, code
+
+
+class Gemma3SavedModelHandler(ModelHandler):
+    """RunInference's handler of a `gemma3-tf export`: examples are {"prompt", "images": [bytes]} dicts,
+    inferences {"completion", "num_tokens"} or, for a row the model refuses, {"reason", "reason_code"}.
+
+    Args:
+        model_path: the version directory.
+        generation: {name: value} of the generation parameters to send (the model's defaults for
+            the others), the same for every row; with a fixed `seed`, each row's completion
+            depends only on its prompt, images and the parameters, not on its batch neighbours.
+        min_batch_size, max_batch_size: for Beam's BatchElements.
+        large_model: load the model once per machine and share it across worker processes.
+        model_copies: with it, exactly this many copies per machine, shared as with large_model.
+    """
+
+    def __init__(self, model_path, generation=None, min_batch_size=None, max_batch_size=None, large_model=False,
+                 model_copies=None, log_every_s=30.0):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.model_path, self.large_model, self.copies = model_path, large_model, model_copies
+        self.model_version = model_version(model_path)
+        self.generation = dict(generation or {})
+        self.log_every_s = log_every_s
+        self._progress = None
+
+    def load_model(self):
+        start = time.perf_counter()
+        model = SavedModelGenerator(self.model_path)
+        logger.info("batch-infer: loaded %s in %.1f s", self.model_path, time.perf_counter() - start)
+        return model
+
+    def run_inference(self, batch, model, inference_args=None):
+        parameters = {**self.generation, **(inference_args or {})}
+        count("batches")
+        for example, inference in zip(batch, self._generate(list(batch), model, parameters)):
+            yield PredictionResult(example, inference, self.model_version)
+        self._log_progress(len(batch))
+
+    def _generate(self, examples, model, parameters):
+        """One call for the batch; when the model refuses it, the row it names goes out with the
+        reason and the rest is run again (each row alone when no row is named)."""
+        outputs, pending = [None] * len(examples), list(range(len(examples)))
+        while pending:
+            rows = [examples[i] for i in pending]
+            width = max(len(row["images"]) for row in rows)
+            images = [list(row["images"]) + [b""] * (width - len(row["images"])) for row in rows] if width else None
+            result = model.generate([row["prompt"] for row in rows], images, parameters)
+            count("model_calls")
+            if "error" not in result:
+                for i, completion, num_tokens in zip(pending, result["completion"], result["num_tokens"]):
+                    outputs[i] = {"completion": completion, "num_tokens": num_tokens}
+                break
+            reason, code = model_reason(result["error"])
+            if PARAMETER_ERROR.match(reason):  # the flags are wrong for every row: stop the job
+                raise ValueError(f"The model refuses the generation flags {parameters}: {reason}")
+            named = ROW_ERROR.match(reason)
+            if len(pending) == 1 or (named and int(named.group(1)) < len(pending)):
+                row = 0 if len(pending) == 1 else int(named.group(1))
+                outputs[pending.pop(row)] = {"reason": re.sub(r"^`(prompt|images)\[\d+\]`", r"`\1`", reason),
+                                             "reason_code": code}
+            else:
+                for i in pending:
+                    outputs[i] = self._generate([examples[i]], model, parameters)[0]
+                break
+        return outputs
+
+    def _log_progress(self, rows):
+        now = time.perf_counter()
+        if self._progress is None:
+            self._progress = {"start": now, "rows": 0, "logged": now}
+        self._progress["rows"] += rows
+        if now - self._progress["logged"] >= self.log_every_s:
+            done, elapsed = self._progress["rows"], now - self._progress["start"]
+            logger.info("batch-infer: %d rows in %.0f s (%.2f rows/s in this worker)", done, elapsed,
+                        done / max(elapsed, 1e-9))
+            self._progress["logged"] = now
+
+    def get_num_bytes(self, batch):
+        return sum(len(row["prompt"].encode("utf-8")) + sum(map(len, row["images"])) for row in batch)
+
+    def share_model_across_processes(self):
+        """One model per machine, in a process of its own that the workers call, instead of one per process."""
+        return self.large_model or self.copies is not None
+
+    def model_copies(self):
+        return self.copies or 1
+
+
+def model_version(model_path):
+    """The version of `BASE/NAME/N`: N."""
+    return posixpath.basename(model_path.rstrip("/"))
+
+
+class SplitResults(beam.DoFn):
+    """(id, PredictionResult) -> a prediction record, or an `errors` record with the model's reason."""
+
+    def process(self, element):
+        row_id, result = element
+        example, inference = result.example, result.inference
+        if "reason" in inference:
+            yield error_record(inference["reason_code"], inference["reason"], id=row_id, prompt=example["prompt"],
+                               images=example["image_paths"], model_version=result.model_id)
+            return
+        count("predictions_written")
+        yield {"id": row_id, "prompt": example["prompt"], "completion": inference["completion"],
+               "num_tokens": inference["num_tokens"], "model_version": result.model_id}
+
+
+# --- the job ---------------------------------------------------------------------------------
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="gemma3-tf batch-infer", description="Prompts -> completions with an exported gemma3-tf SavedModel "
+        "(Apache Beam RunInference; other flags are Beam pipeline options such as --runner, --direct_num_workers).")
+    parser.add_argument("--model_path", required=True, help="the SavedModel version directory BASE/NAME/N "
+                        "(local or gs://)")
+    parser.add_argument("--input", required=True, help="JSONL files or preprocess TFRecords, a file or glob")
+    parser.add_argument("--input_format", choices=["jsonl", "tfrecord"], default=None,
+                        help="default: tfrecord for names ending .tfrecord or .tfrecord.gz, else jsonl")
+    parser.add_argument("--output_dir", required=True)
+    for name, kind in GENERATION_FLAGS.items():
+        parser.add_argument(f"--{name}", type=kind, default=None, help="default: the model's")
+    parser.add_argument("--min_batch_size", type=int, default=1)
+    parser.add_argument("--max_batch_size", type=int, default=16)
+    parser.add_argument("--large_model", action="store_true",
+                        help="load the model once per machine, shared by its worker processes")
+    parser.add_argument("--model_copies", type=int, default=None,
+                        help="exactly this many model copies per machine (shared across processes)")
+    return parser
+
+
+def input_format(args):
+    if args.input_format:
+        return args.input_format
+    return "tfrecord" if args.input.endswith(TFRECORD_SUFFIXES) else "jsonl"
+
+
+def generation_parameters(args):
+    return {name: getattr(args, name) for name in GENERATION_FLAGS if getattr(args, name) is not None}
+
+
+def check_args(args):
+    if args.min_batch_size < 1 or args.max_batch_size < args.min_batch_size:
+        raise SystemExit(f"error: need 1 <= --min_batch_size <= --max_batch_size, got {args.min_batch_size} and "
+                         f"{args.max_batch_size}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise SystemExit(f"error: --max_new_tokens must be at least 1, got {args.max_new_tokens}")
+    if not FileSystems.exists(FileSystems.join(args.model_path, "saved_model.pb")):
+        raise SystemExit(f"error: no saved_model.pb in {args.model_path}; --model_path is a version directory "
+                         "BASE/NAME/N of `gemma3-tf export`")
+
+
+def tfrecord_schema(args):
+    """The schema beside the TFRecords, checked against the export's tokenizer."""
+    from gemma3_tf.data import Schema, tokenizer_fingerprint
+
+    try:
+        schema = Schema.for_pattern(args.input)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}")
+    fingerprint = tokenizer_fingerprint(export_tokenizer(args.model_path))
+    if fingerprint != schema.tokenizer_fingerprint:
+        raise SystemExit(f"error: the TFRecords were made with another tokenizer (fingerprint "
+                         f"{schema.tokenizer_fingerprint}) than {args.model_path}'s ({fingerprint})")
+    return schema
+
+
+def build_pipeline(pipeline, args, schema=None):
+    """Reads, runs the model, writes; returns the (predictions, errors) PCollections of records."""
+    if input_format(args) == "tfrecord":
+        rows = (pipeline | "ReadTFRecords" >> beam.io.ReadFromTFRecord(args.input)
+                | "DecodeExamples" >> beam.ParDo(ReadTFRecordRow(schema, args.model_path)).with_outputs(
+                    ERRORS, main="rows"))
+    else:
+        rows = (pipeline | "ReadJsonl" >> beam.io.ReadFromTextWithFilename(args.input)
+                | "ParseRows" >> beam.ParDo(ReadJsonlRow()).with_outputs(ERRORS, main="rows"))
+    handler = KeyedModelHandler(Gemma3SavedModelHandler(
+        args.model_path, generation_parameters(args), args.min_batch_size, args.max_batch_size,
+        large_model=args.large_model, model_copies=args.model_copies))
+    results = (rows.rows | "RunInference" >> RunInference(handler)
+               | "SplitResults" >> beam.ParDo(SplitResults()).with_outputs(ERRORS, main="predictions"))
+    errors = (rows[ERRORS], results[ERRORS]) | "AllErrors" >> beam.Flatten()
+    for name, records in (("predictions", results.predictions), (ERRORS, errors)):
+        _ = (records | f"{name.capitalize()}ToJson" >> beam.Map(json.dumps, ensure_ascii=False)
+             | f"Write{name.capitalize()}" >> beam.io.WriteToText(FileSystems.join(args.output_dir, name),
+                                                                  file_name_suffix=".jsonl"))
+    return results.predictions, errors
+
+
+def counters(result):
+    """The job's counters in NAMESPACE: {"rows_read", "predictions_written", "errors": {code: n}, ...}."""
+    values = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        name = counter.key.metric.name
+        values[name] = values.get(name, 0) + (counter.committed if counter.committed is not None else counter.attempted)
+    errors = {name[len("errors_"):]: value for name, value in sorted(values.items()) if name.startswith("errors_")}
+    summary = {name: value for name, value in values.items() if not name.startswith("errors_")}
+    return {"rows_read": 0, "predictions_written": 0, **summary, "errors": errors}
+
+
+def main(argv=None):
+    args, beam_args = build_parser().parse_known_args(argv)
+    check_args(args)
+    schema = tfrecord_schema(args) if input_format(args) == "tfrecord" else None
+    if not logger.handlers:  # progress on the terminal; on Dataflow workers it goes to the job's logs
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.info("batch-infer: %s (%s) with %s version %s, batches of %d-%d, generation %s", args.input,
+                input_format(args), args.model_path, model_version(args.model_path), args.min_batch_size,
+                args.max_batch_size, generation_parameters(args) or "the model's defaults")
+    if not FileSystems.exists(args.output_dir):
+        FileSystems.mkdirs(args.output_dir)
+    start = time.perf_counter()
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
+    build_pipeline(pipeline, args, schema)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = counters(result)
+    errors = sum(summary["errors"].values())
+    reasons = f" {summary['errors']}" if errors else ""
+    print(f"gemma3-tf batch-infer: {summary['rows_read']} rows read, {summary['predictions_written']} predictions "
+          f"and {errors} errors{reasons} written to {args.output_dir} in {time.perf_counter() - start:.1f} s")
+    return summary
+
+
+if __name__ == "__main__":
+    # Through the module's own name, so that workers import its classes rather than unpickle copies of __main__.
+    from pipelines import batch_inference
+
+    batch_inference.main()

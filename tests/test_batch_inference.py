@@ -1,0 +1,241 @@
+"""Batch inference (pipelines/batch_inference.py) on the DirectRunner with the tiny exports of conftest.py.
+
+Every row read comes out once: as a prediction equal to calling the SavedModel directly (and, greedy,
+to the in-process model), or as an error with its reason. The tests make their own prompt files.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from gemma3_tf import cli
+from gemma3_tf.preprocessing import chat_prompt, images_in_front
+from pipelines import batch_inference, preprocess
+from test_preprocessing import png
+from tiny_exports import PROMPTS, in_process
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT_PROMPTS = {"hello": PROMPTS[0], "fox": PROMPTS[1], "gemma": "Gemma is a family of", "numbers": "Numbers 12345 and"}
+TEXT_BAD = {  # id -> reason code
+    "empty": "empty_prompt", "no-prompt": "missing_prompt", "missing-image": "image_missing",
+    "too-long": "too_long", "image-on-text": "images_not_supported",
+}
+# Runs the job in a fresh interpreter: neither the driver nor the (in-process) workers may import gemma3_tf.
+RUN_SCRIPT = """
+import json, sys
+from pipelines import batch_inference
+summary = batch_inference.main(sys.argv[1:])
+print(json.dumps({"summary": summary, "gemma3_tf": sorted(m for m in sys.modules if m.startswith("gemma3_tf"))}))
+"""
+
+
+def write_rows(path, rows, extra_lines=()):
+    path.write_text("\n".join([json.dumps(row) for row in rows] + list(extra_lines)) + "\n")
+    return len(rows) + len(extra_lines)
+
+
+def outputs(output_dir):
+    """(predictions by id, error records) from the job's sharded files."""
+    def records(kind):
+        found = sorted(glob.glob(os.path.join(output_dir, f"{kind}-*-of-*.jsonl")))
+        assert found, f"no {kind} shards in {output_dir}"
+        return [json.loads(line) for path in found for line in open(path, encoding="utf-8")]
+
+    predictions = records("predictions")
+    by_id = {record["id"]: record for record in predictions}
+    assert len(by_id) == len(predictions)
+    return by_id, records("errors")
+
+
+def direct(loaded, prompt, images=None, **parameters):
+    """One row through `loaded.generate`, alone: (completion, num_tokens)."""
+    inputs = {"prompt": tf.constant([prompt])}
+    if images:
+        inputs["images"] = tf.constant([images])
+    inputs.update({name: tf.constant(value) for name, value in parameters.items()})
+    result = loaded.generate(**inputs)
+    return result["completion"].numpy()[0].decode("utf-8", errors="replace"), int(result["num_tokens"].numpy()[0])
+
+
+@pytest.fixture(scope="module")
+def text_model(tiny_text_export):
+    causal_lm, path = tiny_text_export
+    return causal_lm, path, tf.saved_model.load(path)
+
+
+@pytest.fixture(scope="module")
+def text_rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prompts")
+    os.makedirs(root / "images")
+    (root / "images" / "0.png").write_bytes(png(40, 30, 0)[0])
+    rows = [{"id": key, "prompt": prompt} for key, prompt in TEXT_PROMPTS.items()] + [
+        {"id": "empty", "prompt": "   "}, {"id": "no-prompt"},
+        {"id": "missing-image", "prompt": "Describe", "images": ["images/nope.png"]},
+        {"id": "too-long", "prompt": "word " * 60},  # the export's max_length is 48
+        {"id": "image-on-text", "prompt": "Describe", "images": ["images/0.png"]}]
+    count = write_rows(root / "rows.jsonl", rows, ["{not json"])
+    return str(root / "rows.jsonl"), count
+
+
+@pytest.fixture(scope="module")
+def greedy_run(text_model, text_rows, tmp_path_factory):
+    """Greedy, fixed batches of 4 (good and bad rows share batches), in a fresh interpreter."""
+    output_dir = str(tmp_path_factory.mktemp("greedy"))
+    args = ["--model_path", text_model[1], "--input", text_rows[0], "--output_dir", output_dir,
+            "--max_new_tokens", "6", "--min_batch_size", "4", "--max_batch_size", "4"]
+    stdout = subprocess.run([sys.executable, "-c", RUN_SCRIPT, *args], cwd=REPO, check=True, capture_output=True,
+                            text=True, timeout=300).stdout
+    return output_dir, json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_every_row_comes_out_once_as_a_prediction_or_an_error_with_its_reason(greedy_run, text_rows):
+    output_dir, run = greedy_run
+    predictions, errors = outputs(output_dir)
+    assert set(predictions) == set(TEXT_PROMPTS)
+    assert len(predictions) + len(errors) == text_rows[1]
+    by_id = {record["id"]: record for record in errors if "id" in record}
+    assert {key: record["reason_code"] for key, record in by_id.items()} == TEXT_BAD
+    [bad_json] = [record for record in errors if "id" not in record]
+    assert (bad_json["reason_code"], bad_json["row"]) == ("bad_json", "{not json")
+    assert "images/nope.png" in by_id["missing-image"]["reason"]
+    assert "max_length=48" in by_id["too-long"]["reason"] and by_id["too-long"]["reason"].startswith("`prompt` is")
+    assert "no vision encoder" in by_id["image-on-text"]["reason"]
+    summary = run["summary"]
+    assert summary["rows_read"] == text_rows[1] and summary["predictions_written"] == len(TEXT_PROMPTS)
+    assert summary["errors"] == {code: 1 for code in [*TEXT_BAD.values(), "bad_json"]}
+    assert summary["model_calls"] > summary["batches"]  # the refused batches ran again without their bad rows
+    assert run["gemma3_tf"] == []  # the workers ran the SavedModel only
+
+
+def test_greedy_predictions_equal_the_saved_model_and_the_in_process_model(greedy_run, text_model):
+    causal_lm, _, loaded = text_model
+    predictions, _ = outputs(greedy_run[0])
+    for key, prompt in TEXT_PROMPTS.items():
+        record = predictions[key]
+        assert (record["completion"], record["num_tokens"]) == direct(loaded, prompt, max_new_tokens=6)
+        assert (record["prompt"], record["model_version"]) == (prompt, "1")
+    keys = list(TEXT_PROMPTS)
+    expected = in_process(causal_lm, [TEXT_PROMPTS[key] for key in keys], 6)
+    assert [predictions[key]["completion"] for key in keys] == expected
+
+
+def test_sampling_with_a_seed_equals_direct_calls_row_by_row_on_two_worker_processes(text_model, text_rows,
+                                                                                    tmp_path):
+    _, path, loaded = text_model
+    summary = batch_inference.main([
+        "--model_path", path, "--input", text_rows[0], "--output_dir", str(tmp_path), "--max_new_tokens", "8",
+        "--temperature", "1.5", "--top_k", "5", "--seed", "7", "--max_batch_size", "3",
+        "--direct_num_workers", "2", "--direct_running_mode", "multi_processing", "--large_model"])
+    predictions, errors = outputs(str(tmp_path))
+    assert len(predictions) + len(errors) == text_rows[1] == summary["rows_read"]
+    for key, prompt in TEXT_PROMPTS.items():
+        expected = direct(loaded, prompt, max_new_tokens=8, temperature=1.5, top_k=5, seed=7)
+        assert (predictions[key]["completion"], predictions[key]["num_tokens"]) == expected
+    assert predictions["fox"]["completion"] != direct(loaded, PROMPTS[1], max_new_tokens=8)[0]  # it sampled
+
+
+def test_vision_rows_equal_direct_calls_with_their_image_bytes(tiny_vision_export, tmp_path):
+    _, path = tiny_vision_export
+    loaded = tf.saved_model.load(path)
+    images = {name: png(width, height, seed)[0] for name, width, height, seed in
+              [("0.png", 40, 30, 0), ("1.png", 28, 28, 1)]}
+    for name, data in images.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "corrupt.png").write_bytes(b"not an image at all")
+    good = {"marker": ("<start_of_image> Describe", ["0.png"]),
+            "in-front": ("Describe it", [str(tmp_path / "1.png")])}  # absolute path; the image goes in front
+    rows = [{"id": key, "prompt": prompt, "images": paths} for key, (prompt, paths) in good.items()] + [
+        {"id": "three-images", "prompt": "Compare", "images": ["0.png"] * 3},  # max_images_per_prompt is 2
+        {"id": "corrupt", "prompt": "Describe", "images": ["corrupt.png"]}]
+    count = write_rows(tmp_path / "rows.jsonl", rows)
+    # One row a batch: each new batch shape costs this XLA export a compile of several seconds.
+    summary = batch_inference.main(["--model_path", path, "--input", str(tmp_path / "rows.jsonl"), "--output_dir",
+                                    str(tmp_path / "out"), "--max_new_tokens", "4", "--max_batch_size", "1"])
+    predictions, errors = outputs(str(tmp_path / "out"))
+    assert len(predictions) + len(errors) == count == summary["rows_read"]
+    assert {record["id"]: record["reason_code"] for record in errors} == {
+        "three-images": "too_many_images", "corrupt": "image_unreadable"}
+    for key, (prompt, paths) in good.items():
+        expected = direct(loaded, prompt, [images[os.path.basename(p)] for p in paths], max_new_tokens=4)
+        assert (predictions[key]["completion"], predictions[key]["num_tokens"]) == expected
+
+
+def test_tfrecords_of_the_preprocess_pipeline_give_their_prompts_to_the_model(text_model, tmp_path):
+    _, path, loaded = text_model
+    preset = os.path.join(os.path.dirname(os.path.dirname(path)), "preset")  # what tiny_exports exported
+    rows = [{"id": key, "prompt": TEXT_PROMPTS[key], "response": "The quick brown fox."} for key in ("hello", "gemma")]
+    write_rows(tmp_path / "train.jsonl", rows)
+    preprocess.main(["--input", str(tmp_path / "train.jsonl"), "--output_dir", str(tmp_path / "records"),
+                     "--preset", preset, "--sequence_length", "32", "--max_images_per_prompt", "0",
+                     "--num_shards", "2"])
+    summary = batch_inference.main(["--model_path", path, "--input", str(tmp_path / "records" / "train-*.tfrecord"),
+                                    "--output_dir", str(tmp_path / "out"), "--max_new_tokens", "5"])
+    predictions, errors = outputs(str(tmp_path / "out"))
+    assert (summary["rows_read"], errors) == (2, [])
+    for row in rows:
+        prompt = chat_prompt([{"role": "user", "content": row["prompt"]}])  # as preprocess wrote it
+        assert predictions[row["id"]]["prompt"] == prompt
+        expected = direct(loaded, prompt, max_new_tokens=5)
+        assert (predictions[row["id"]]["completion"], predictions[row["id"]]["num_tokens"]) == expected
+
+
+def test_decoded_training_prompt_gives_back_image_markers_and_chat_turns(tiny_vision_export):
+    causal_lm, _ = tiny_vision_export
+    preprocessor = causal_lm.preprocessor
+    prompt = chat_prompt([{"role": "user", "content": images_in_front("Compare 12 and\n 34", 2)}])
+    features = preprocessor.training_features({"prompts": prompt, "responses": "Alike."}, sequence_length=64)
+    decoded = batch_inference.decode_prompt(features["token_ids"].numpy().tolist(),
+                                            features["loss_mask"].numpy().tolist(), preprocessor.tokenizer,
+                                            preprocessor.num_vision_tokens_per_image)
+    assert decoded == prompt
+
+
+class FakeModel:
+    """`SavedModelGenerator.generate` with the model's kind of refusals: rows whose prompt starts with `bad`."""
+
+    def __init__(self, unnamed=False):
+        self.calls, self.unnamed = [], unnamed
+
+    def generate(self, prompts, images, parameters):
+        self.calls.append((list(prompts), images))
+        for row, prompt in enumerate(prompts):
+            if prompt.startswith("bad") and (len(prompts) == 1 or not self.unnamed):
+                return {"error": f"Graph execution error:\nassertion failed: [`prompt[{row}]` is empty; a prompt "
+                                 "needs at least one character.]\n\t [[{{node Assert_12/Assert}}]]"}
+            if prompt.startswith("bad"):
+                return {"error": "Graph execution error:\nsomething about the whole batch"}
+        return {"completion": [prompt.upper() for prompt in prompts], "num_tokens": [len(p) for p in prompts]}
+
+
+def test_refused_batches_lose_only_the_rows_the_model_names():
+    handler = batch_inference.Gemma3SavedModelHandler("/models/gemma3/7", {"max_new_tokens": 3})
+    batch = [{"prompt": "a", "images": [b"x"]}, {"prompt": "bad 1", "images": []},
+             {"prompt": "c", "images": [b"y", b"z"]}, {"prompt": "bad 3", "images": []}]
+    model = FakeModel()
+    results = list(handler.run_inference(batch, model))
+    assert [result.inference for result in results] == [
+        {"completion": "A", "num_tokens": 1},
+        {"reason": "`prompt` is empty; a prompt needs at least one character.", "reason_code": "empty_prompt"},
+        {"completion": "C", "num_tokens": 1},
+        {"reason": "`prompt` is empty; a prompt needs at least one character.", "reason_code": "empty_prompt"}]
+    assert {result.model_id for result in results} == {"7"}
+    assert model.calls[0][1] == [[b"x", b""], [b"", b""], [b"y", b"z"], [b"", b""]]  # padded with b""
+    assert [prompts for prompts, _ in model.calls] == [["a", "bad 1", "c", "bad 3"], ["a", "c", "bad 3"], ["a", "c"]]
+    unnamed = FakeModel(unnamed=True)  # a message naming no row: each row alone
+    results = list(handler.run_inference(batch[:3], unnamed))
+    assert [result.inference.get("reason_code") for result in results] == [None, "empty_prompt", None]
+    assert len(unnamed.calls) == 4
+
+
+def test_generation_flags_the_model_refuses_stop_the_job(text_model, text_rows, tmp_path):
+    with pytest.raises(Exception, match=r"refuses the generation flags .*`top_k\[0\]` must be at most"):
+        batch_inference.main(["--model_path", text_model[1], "--input", text_rows[0], "--output_dir",
+                              str(tmp_path), "--top_k", "100000"])
+    with pytest.raises(SystemExit, match="no saved_model.pb"):
+        batch_inference.main(["--model_path", str(tmp_path), "--input", text_rows[0], "--output_dir", str(tmp_path)])
+    assert cli._JOBS["batch-infer"] == "pipelines.batch_inference"
