@@ -237,7 +237,8 @@ def main(argv=None):
     if argv and argv[0] in _JOBS:
         import importlib
 
-        return importlib.import_module(_JOBS[argv[0]]).main(argv[1:]) or 0
+        status = importlib.import_module(_JOBS[argv[0]]).main(argv[1:])
+        return status if isinstance(status, int) else 0  # the query command's exit status; jobs return results
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -129,10 +129,11 @@ class ReadJsonlRow(beam.DoFn):
         try:
             row = parse_prompt_line(source, line)
             row["images"] = [read_image(location) for location in row["image_paths"]]
-        except Rejected as rejected:
-            row_id = rejected.row_id or (row or {}).get("id")
-            yield error_record(rejected.code, str(rejected), **({} if row_id is None else {"id": row_id}), row=line,
-                               source=source)
+        except Exception as error:  # anything wrong with one row must not stop the job
+            code, reason = ((error.code, str(error)) if isinstance(error, Rejected) else
+                            ("error", f"{type(error).__name__}: {str(error).strip()[:500]}"))
+            row_id = getattr(error, "row_id", None) or (row or {}).get("id")
+            yield error_record(code, reason, **({} if row_id is None else {"id": row_id}), row=line, source=source)
             return
         yield row["id"], row
 

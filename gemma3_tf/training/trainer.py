@@ -164,7 +164,9 @@ class Trainer:
             bar.update(step, [("loss", loss), ("tokens/s", count * positions_per_step / elapsed)])
             if step % config.checkpoint_every == 0 or step == config.steps:
                 manager.save(checkpoint_number=step)
-        summary = {"steps": step, "resumed_from": resumed_from, "loss": self.history[-1][1] if self.history else None,
+        summary = {"steps": step, "resumed_from": resumed_from,
+                   "first_loss": self.history[0][1] if self.history else None,
+                   "loss": self.history[-1][1] if self.history else None,
                    "trained_tokens": trained_tokens, "seconds": round(seconds, 3),
                    "tokens_per_second": round((step - resumed_from) * positions_per_step / seconds, 1) if seconds else None,
                    "strategy": type(self.strategy).__name__, "replicas": self.strategy.num_replicas_in_sync}
