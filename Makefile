@@ -1,9 +1,9 @@
-# The two set-up commands of the README: `make demo` and `make test`.
+# The two set-up commands of the README: `make demo` and `make test`; `make bench` runs the benchmarks.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo clean
+.PHONY: venv test test-fast demo bench clean
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ test-fast: venv
 
 demo: venv
 	$(PYTHON) -m demo
+
+# Every script in benchmarks/ once, full size (hours on 2 cores), then benchmarks/REPORT.md and
+# benchmarks/charts/; results and logs in benchmarks/results/.
+bench: venv
+	$(PYTHON) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -30,6 +30,9 @@ setup(
     extras_require={
         "beam": ["apache-beam[tfrecord]>=2.60", "google-crc32c", "tensorflow-datasets>=4.9", "importlib_resources"],
         "serving": ["tensorflow-serving-api>=2.21,<2.22", "grpcio>=1.60"],
+        # `make bench`: report.py's charts (matplotlib), keras-hub and the real weights as peers;
+        # benchmarks/serving.py and batch_inference.py need the "serving" and "beam" extras too.
+        "bench": ["matplotlib>=3.10", *TEST],
         # keras-hub is a test oracle only; the package never imports it.
         "test": TEST,
         "dev": TEST,

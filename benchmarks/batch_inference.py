@@ -20,6 +20,7 @@ The summary line gives the overhead at the best batch size (the one with the mos
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -88,6 +89,12 @@ def pipeline_row(model_path, prompts, batch_size, max_new_tokens, work_dir):
     return row, [predictions.get(f"p{index:05d}") for index in range(len(prompts))]
 
 
+def _command():
+    """This run's command line, for the JSON of `--json_out`."""
+    python = os.path.relpath(sys.executable)
+    return shlex.join([sys.executable if python.startswith("..") else python, *sys.argv])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", required=True, help="a SavedModel version directory of gemma3-tf export")
@@ -121,7 +128,7 @@ def main():
           f"overhead {best['overhead']:+.1%} over the plain loop (target <= +15%).")
     if args.json_out:
         with open(args.json_out, "w") as file:
-            json.dump({"model_path": args.model_path, "num_prompts": args.num_prompts,
+            json.dump({"command": _command(), "model_path": args.model_path, "num_prompts": args.num_prompts,
                        "max_new_tokens": args.max_new_tokens, "best_batch_size": best["batch_size"],
                        "results": results}, file, indent=1)
 

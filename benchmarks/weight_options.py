@@ -1,6 +1,6 @@
 """Faster weights for the real Gemma 3 270M: bfloat16 and int8 (Keras' weight quantization) against float32.
 
-    .venv/bin/python benchmarks/weight_options.py
+    .venv/bin/python benchmarks/weight_options.py [--json_out FILE]
 
 For each option: decode tokens/s at batch 1 (the slope between 8 and 40 new greedy tokens) and
 accuracy against float32 over 256 greedy steps: float32 generates 256 tokens after each prompt,
@@ -9,7 +9,10 @@ positions where its argmax equals float32's, and the logit error is the max |dif
 log-softmax at float32's chosen tokens.
 """
 
+import argparse
+import json
 import os
+import shlex
 import sys
 import time
 
@@ -49,7 +52,18 @@ def log_probs(causal_lm, sequence):
     return np.asarray(tf.nn.log_softmax(tf.cast(logits, tf.float32)))[0]
 
 
+def write_json(path, results, **settings):
+    """`--json_out`: the rows printed above, the command that measured them and its settings."""
+    python = os.path.relpath(sys.executable)
+    command = shlex.join([sys.executable if python.startswith("..") else python, *sys.argv])
+    with open(path, "w") as file:
+        json.dump({"command": command, **settings, "results": results}, file, indent=1)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json_out", default=None, help="also write the rows as JSON")
+    args = parser.parse_args()
     reference = load("float32")
     sequences, reference_scores = [], []
     for prompt in PROMPTS:
@@ -79,6 +93,10 @@ def main():
     print("|---|---|---|---|")
     for option, rate, agreement, error in rows:
         print(f"| {option} | {rate:.1f} | {agreement:.2%} | {error:.3f} |")
+    if args.json_out:
+        write_json(args.json_out, [{"weights": option, "decode_tok_s": rate, "top1_agreement": agreement,
+                                    "max_logprob_error": error} for option, rate, agreement, error in rows],
+                   prompts=PROMPTS, steps=STEPS, batch=1)
 
 
 if __name__ == "__main__":
