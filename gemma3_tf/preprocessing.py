@@ -270,12 +270,17 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
             out.update(self._vision_inputs(token_ids, images))
         return out if batched else {k: v[0] for k, v in out.items()}
 
+    @property
+    def hidden_token_ids(self):
+        """The ids completions leave out: padding, BOS, EOS, turn and image markers but `<start_of_image>`."""
+        return sorted(set(self.tokenizer.special_token_ids) - {self.tokenizer.start_of_image_token_id})
+
     def generate_postprocess(self, token_ids):
         """Generated ids [B, N] (or [N]) -> strings, without padding, BOS, EOS or turn markers."""
         token_ids = np.asarray(token_ids)
         batched = token_ids.ndim == 2
         rows = token_ids if batched else token_ids[None]
-        strip = set(self.tokenizer.special_token_ids) - {self.tokenizer.start_of_image_token_id}
+        strip = set(self.hidden_token_ids)
         kept = tf.ragged.constant([[int(t) for t in row if int(t) not in strip] for row in rows], dtype=tf.int32)
         texts = [t.decode("utf-8") for t in self.tokenizer.detokenize(kept).numpy()]
         return texts if batched else texts[0]

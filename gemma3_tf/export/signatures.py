@@ -56,29 +56,21 @@ class ServingModule(tf.Module):
         tokenizer = self._tokenizer
         self._stop_ids = tf.constant(
             [tokenizer.end_token_id, tokenizer.end_of_turn_token_id] + [-1] * (MAX_STOP_TOKENS - 2), tf.int32)
-        # What generate_postprocess removes from completions.
-        self._hidden_ids = tf.constant(sorted(set(tokenizer.special_token_ids) - {tokenizer.start_of_image_token_id}),
-                                       tf.int32)
+        self._hidden_ids = tf.constant(preprocessor.hidden_token_ids, tf.int32)
 
         def generate(prompt, images=tf.constant("", shape=[1, 0]), max_new_tokens=tf.constant(64),
                      temperature=tf.constant(0.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
                      seed=tf.constant(0)):
             return self._generate(prompt, images, max_new_tokens, temperature, top_k, top_p, seed)
 
-        def score(prompt, response):
-            return self._score(prompt, response)
-
-        def embed(prompt):
-            return self._embed(prompt)
-
         self.generate = tf.function(generate, input_signature=[
             tf.TensorSpec([None], tf.string, "prompt"), tf.TensorSpec([None, None], tf.string, "images"),
             tf.TensorSpec(None, tf.int32, "max_new_tokens"), tf.TensorSpec(None, tf.float32, "temperature"),
             tf.TensorSpec(None, tf.int32, "top_k"), tf.TensorSpec(None, tf.float32, "top_p"),
             tf.TensorSpec(None, tf.int32, "seed")])
-        self.score = tf.function(score, input_signature=[tf.TensorSpec([None], tf.string, "prompt"),
+        self.score = tf.function(self._score, input_signature=[tf.TensorSpec([None], tf.string, "prompt"),
                                                          tf.TensorSpec([None], tf.string, "response")])
-        self.embed = tf.function(embed, input_signature=[tf.TensorSpec([None], tf.string, "prompt")])
+        self.embed = tf.function(self._embed, input_signature=[tf.TensorSpec([None], tf.string, "prompt")])
 
     @property
     def signatures(self):
