@@ -32,13 +32,11 @@ predictions_written, errors_<reason_code>, batches, model_calls.
 """
 
 import argparse
-import hashlib
 import json
 import logging
 import posixpath
 import re
 import time
-import urllib.request
 
 import apache_beam as beam
 import tensorflow as tf
@@ -46,6 +44,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.rows import Rejected, parse_jsonl_row, read_image
 
 NAMESPACE = "gemma3_tf.batch_inference"
 ERRORS = "errors"
@@ -64,14 +64,6 @@ ROW_ERROR = re.compile(r"^`(?:prompt|images)\[(\d+)\]`")
 logger = logging.getLogger(NAMESPACE)
 
 
-class Rejected(Exception):
-    """A row that cannot be a prompt; `code` names the reason for counters."""
-
-    def __init__(self, code, message, row_id=None):
-        super().__init__(message)
-        self.code, self.row_id = code, row_id
-
-
 def count(name, value=1):
     beam.metrics.Metrics.counter(NAMESPACE, name).inc(value)
 
@@ -84,39 +76,13 @@ def error_record(code, reason, **fields):
 # --- rows ------------------------------------------------------------------------------------
 def parse_prompt_line(source, line):
     """A JSONL line -> {"id", "prompt", "image_paths"} (absolute paths/URLs), or Rejected."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise Rejected("bad_json", f"not valid JSON: {error}") from error
-    if not isinstance(row, dict):
-        raise Rejected("bad_json", f"a row must be a JSON object, got {type(row).__name__}")
-    row_id = row.get("id")
-    if row_id is None or row_id == "":  # stable without an id: the line's own hash
-        row_id = "sha1:" + hashlib.sha1(line.encode("utf-8")).hexdigest()[:20]
-    row_id, prompt = str(row_id), row.get("prompt")
+    row = parse_jsonl_row(source, line)
+    prompt = row.get("prompt")
     if prompt is None:
-        raise Rejected("missing_prompt", "the row has no `prompt`", row_id)
+        raise Rejected("missing_prompt", "the row has no `prompt`", row["id"])
     if not isinstance(prompt, str) or not prompt.strip():
-        raise Rejected("empty_prompt", "`prompt` must be a non-empty string", row_id)
-    images = row.get("images") or []
-    if not isinstance(images, list) or not all(isinstance(image, str) and image for image in images):
-        raise Rejected("bad_images_field", "`images` must be a list of paths or URLs", row_id)
-    base = posixpath.dirname(source)
-    images = [image if "://" in image or image.startswith("/") else posixpath.join(base, image) for image in images]
-    return {"id": row_id, "prompt": prompt, "image_paths": images}
-
-
-def read_image(location):
-    """The bytes at a local path, `gs://` (any Beam filesystem) or http(s) URL (as pipelines/preprocess.py,
-    which imports gemma3_tf, so it is not imported here)."""
-    try:
-        if location.startswith(("http://", "https://")):
-            with urllib.request.urlopen(location, timeout=60) as response:
-                return response.read()
-        with FileSystems.open(location) as file:
-            return file.read()
-    except Exception as error:  # missing file, permission, network: the row is an error, the job goes on
-        raise Rejected("image_missing", f"cannot read image {location}: {error}") from error
+        raise Rejected("empty_prompt", "`prompt` must be a non-empty string", row["id"])
+    return {"id": row["id"], "prompt": prompt, "image_paths": row["images"]}
 
 
 class ReadJsonlRow(beam.DoFn):

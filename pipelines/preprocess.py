@@ -20,8 +20,6 @@ import argparse
 import hashlib
 import json
 import logging
-import posixpath
-import urllib.request
 
 import apache_beam as beam
 import tensorflow as tf
@@ -33,50 +31,17 @@ from gemma3_tf.data import SCHEMA_FILE, Schema, serialize_example, tokenizer_fin
 from gemma3_tf.preprocessing import (START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter, chat_prompt,
                                      images_in_front)
 from gemma3_tf.tokenizer import Gemma3Tokenizer
+from pipelines.rows import Rejected, parse_jsonl_row, read_image
 
 NAMESPACE = "gemma3_tf.preprocess"
 REJECTED = "rejected"
 
 
-class Rejected(Exception):
-    """A row that cannot become a training example; `code` names the reason for counters."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-
-
 # --- rows ------------------------------------------------------------------------------------
 def parse_manifest_line(manifest, line):
     """A JSONL line -> a row dict with `id`, `prompt`, `response`, `images` (absolute paths/URLs)."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise Rejected("bad_json", f"not valid JSON: {error}") from error
-    if not isinstance(row, dict):
-        raise Rejected("bad_json", f"a row must be a JSON object, got {type(row).__name__}")
-    images = row.get("images") or []
-    if not isinstance(images, list) or not all(isinstance(image, str) and image for image in images):
-        raise Rejected("bad_images_field", "`images` must be a list of paths or URLs")
-    base = posixpath.dirname(manifest)
-    images = [image if "://" in image or image.startswith("/") else posixpath.join(base, image)
-              for image in images]
-    row_id = row.get("id")
-    if row_id is None or row_id == "":  # stable without an id: the line's own hash
-        row_id = "sha1:" + hashlib.sha1(line.encode("utf-8")).hexdigest()[:20]
-    return {"id": str(row_id), "prompt": row.get("prompt"), "response": row.get("response"), "images": images}
-
-
-def read_image(location):
-    """The bytes at a local path, `gs://` (any Beam filesystem) or http(s) URL."""
-    try:
-        if location.startswith(("http://", "https://")):
-            with urllib.request.urlopen(location, timeout=60) as response:
-                return response.read()
-        with FileSystems.open(location) as file:
-            return file.read()
-    except Exception as error:  # missing file, permission, network: the row is rejected, the job goes on
-        raise Rejected("image_missing", f"cannot read image {location}: {error}") from error
+    row = parse_jsonl_row(manifest, line)
+    return {"id": row["id"], "prompt": row.get("prompt"), "response": row.get("response"), "images": row["images"]}
 
 
 class PrepareExample(beam.DoFn):
