@@ -132,6 +132,38 @@ def test_seeded_samplers_are_reproducible_and_respect_their_rules(text_lm):
         assert top3[row] in np.argsort(-last)[:3]
 
 
+def test_sample_draws_each_row_from_its_own_truncated_softmax():
+    """`samplers.sample` against numpy: the frequencies of 4000 draws per row match the distribution each
+    row's parameters define (whole softmax, top-k, top-p, greedy), all rows in one call."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, [1, 12]).astype("float32").repeat(4, axis=0)
+    temperature, top_k, top_p = [1.5, 0.7, 1.0, 0.0], [0, 3, 0, 0], [1.0, 1.0, 0.6, 1.0]
+
+    def reference(row):
+        if temperature[row] == 0:
+            return np.eye(12)[np.argmax(logits[row])]
+        p = np.exp(logits[row] / temperature[row])
+        p /= p.sum()
+        order = np.argsort(-p)
+        keep = np.zeros(12, bool)
+        keep[order[: top_k[row] or 12]] = True
+        before = np.cumsum(p[order]) - p[order]
+        keep[order[(before >= top_p[row]) & (np.arange(12) > 0)]] = False
+        return np.where(keep, p, 0) / np.where(keep, p, 0).sum()
+
+    draws = 4000  # per row: one call with each row repeated, each copy with its own uniform draw
+    uniforms = samplers.step_uniforms(tf.range(4), draws)  # per-row seeds 0..3
+    repeat = lambda values: tf.repeat(tf.constant(values), draws, axis=0)  # noqa: E731
+    ids = samplers.sample(repeat(logits), tf.reshape(uniforms, [-1]), repeat(temperature), repeat(top_k),
+                          repeat(top_p)).numpy().reshape(4, draws)
+    counts = np.stack([np.bincount(row, minlength=12) for row in ids])
+    frequencies = counts / counts.sum(axis=1, keepdims=True)
+    for row in range(4):
+        expected = reference(row)
+        assert (frequencies[row][expected == 0] == 0).all()
+        np.testing.assert_allclose(frequencies[row], expected, atol=0.03)
+
+
 def test_compile_sets_the_sampler(text_lm):
     inputs = text_inputs(batch=1, length=6)
     text_lm.compile(sampler=samplers.TopKSampler(k=4, seed=5))
