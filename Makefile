@@ -24,7 +24,7 @@ test-fast: venv
 demo: venv
 	$(PYTHON) -m demo
 
-# Every script in benchmarks/ once, full size (hours on 2 cores), then benchmarks/REPORT.md and
+# Every script in benchmarks/ once, full size (an hour or more on 2 cores), then benchmarks/REPORT.md and
 # benchmarks/charts/; results and logs in benchmarks/results/.
 bench: venv
 	$(PYTHON) benchmarks/run_all.py

@@ -103,9 +103,9 @@ def fmt(form):
     return cell
 
 
-def table(rows, columns):
+def table(rows, columns, rule="---|"):
     """Markdown table; `columns` is a list of (key, title, formatter)."""
-    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + rule * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(key)) for key, _, cell in columns) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -115,8 +115,9 @@ def _plain(keys):
 
 
 def forward_table(data):
-    return table(data["results"], [("implementation", "implementation", str), ("tokens", "tokens", str),
-                                   ("backbone_s", "backbone s", fmt(".3f")), ("causal_lm_s", "causal LM s", fmt(".3f"))])
+    return table(data["results"], [
+        ("implementation", "implementation", str), ("tokens", "tokens", str),
+        ("backbone_s", "backbone s", fmt(".3f")), ("causal_lm_s", "causal LM s", fmt(".3f"))])
 
 
 def keras_hub_parity_table(data):
@@ -169,7 +170,7 @@ def batch_inference_table(data):
         ("pipeline_prompts_per_s", "pipeline prompts/s", fmt(".2f")), ("overhead", "overhead", fmt("+.1%")),
         ("loop_s", "loop s", fmt(".2f")), ("pipeline_s", "pipeline s", fmt(".2f")),
         ("pipeline_inference_s", "in model calls s", fmt(".2f")), ("model_load_s", "load s", fmt(".2f")),
-        ("matching_completions", "same completions", str)])
+        ("matching_completions", "same completions", str)], rule="---:|")
     if results:
         best = max(results, key=lambda result: result["pipeline_prompts_per_s"])
         text += (f"\n\nBest batch size {best['batch_size']}: {best['pipeline_prompts_per_s']:.2f} prompts/s through "
@@ -354,7 +355,7 @@ def load(results_dir):
 
 
 def settings_line(data):
-    settings = {key: value for key, value in data.items() if key not in ("command", "results")}
+    settings = {key: value for key, value in data.items() if key not in ("command", "results", "skipped")}
     return ", ".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
 
 
@@ -413,7 +414,7 @@ def write_report(results_dir, out, charts_dir):
         record = runs.get(name, {})
         lines += [f"Command: `{data.get('command', ' '.join(command(name, results_dir)))}`"
                   + (f" ({record['seconds']:.0f} s)" if "seconds" in record and "error" not in record else ""), ""]
-        if settings_line(data):
+        if settings_line(data) and name not in ("train", "batch_inference"):  # their tables have a header
             lines += [f"Settings: {settings_line(data)}", ""]
         if name == "generate" and data.get("skipped"):
             lines += ["Skipped (see the docstring of `benchmarks/generate.py` for their virtualenvs): "
