@@ -115,11 +115,13 @@ def test_seeded_samplers_are_reproducible_and_respect_their_rules(text_lm):
     inputs = text_inputs(batch=2, length=8)
     prompt_ids, mask = inputs["token_ids"], inputs["padding_mask"]
 
+    decoder = Decoder(text_lm.backbone)  # sampling parameters are runtime inputs: one compile for all
+
     def sample(sampler, seed, steps=8):
-        decoder = sampler if isinstance(sampler, Decoder) else Decoder(text_lm.backbone, sampler)
+        decoder.sampler = samplers.get(sampler)
         return decoder(prompt_ids, mask, steps, seed=seed)
 
-    hot = Decoder(text_lm.backbone, samplers.RandomSampler(temperature=5.0))  # one compile
+    hot = samplers.RandomSampler(temperature=5.0)
     np.testing.assert_array_equal(sample(hot, 7), sample(hot, 7))
     assert not np.array_equal(sample(hot, 7), sample(hot, 8))
     greedy = sample("greedy", 0)
