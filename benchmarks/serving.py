@@ -7,7 +7,8 @@ SavedModel against the same requests through the local TF Serving-compatible ser
 Each variant is exported once into `--work_dir` (`gemma3-tf export`, `--jit_compile` for xla) and
 reused on later runs. The server runs as its own process (`python -m serving.server`, batching on),
 as it would in production; the clients run here. Rows:
-- direct: `tf.saved_model.load(...).generate(...)` in this process, one request at a time.
+- direct: the `serving_default` signature of `tf.saved_model.load(...)` in this process (the function
+  the server calls), one request at a time, every input given.
 - rest / grpc: the same requests one at a time through the server; overhead = p50 / direct p50 - 1.
 - rest x N clients: N threads each sending `--requests_per_client` requests; requests/s and tokens/s
   over the whole run, and the latency percentiles each client saw.
@@ -71,9 +72,13 @@ def direct_row(base, args):
     version = max(int(name) for name in os.listdir(base) if name.isdigit())
     loaded = tf.saved_model.load(os.path.join(base, str(version)))
 
+    signature = loaded.signatures["serving_default"]
+    defaults = dict(images=tf.constant("", shape=[1, 0]), temperature=tf.constant(0.0), top_k=tf.constant(0),
+                    top_p=tf.constant(1.0), seed=tf.constant(0))
+
     def call(index):
-        result = loaded.generate(prompt=tf.constant([PROMPTS[index % len(PROMPTS)]]),
-                                 max_new_tokens=tf.constant(args.max_new_tokens))
+        result = signature(prompt=tf.constant([PROMPTS[index % len(PROMPTS)]]),
+                           max_new_tokens=tf.constant(args.max_new_tokens), **defaults)
         return int(result["num_tokens"][0])
 
     latencies, tokens = timed(call, args.requests)

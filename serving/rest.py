@@ -363,6 +363,9 @@ class RestApi:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # Keep-alive, as clients with sessions expect.
+    # Headers and body go out in two writes: with Nagle's algorithm the second waits for the client's
+    # delayed ACK (~40 ms a request, measured as REST overhead against gRPC).
+    disable_nagle_algorithm = True
     server: "_HttpServer"
 
     def do_GET(self):
