@@ -170,12 +170,19 @@ class Gemma3Backbone(keras.Model):
         soft cap): the causal LM's head.
 
         `transpose_b` rather than the embedding layer's explicit transpose: XLA then reads the
-        [V, D] table in place (about 20% faster per generated token on the 270M).
+        [V, D] table in place (about 20% faster per generated token on the 270M). For the [B, D]
+        rows of decode steps the table comes first: without XLA, TensorFlow's CPU kernel for
+        `h @ table^T` takes 700 ms at 2 <= B <= 4 on the 270M against 49 ms for `(table @ h^T)^T`
+        (equal under XLA).
         """
         embedding = self.token_embedding
         if embedding.quantization_mode is not None:
             return ops.cast(embedding(hidden_states, reverse=True), "float32")
-        logits = tf.matmul(hidden_states, tf.cast(embedding.embeddings, hidden_states.dtype), transpose_b=True)
+        table = tf.cast(embedding.embeddings, hidden_states.dtype)
+        if hidden_states.shape.rank == 2:
+            logits = tf.transpose(tf.matmul(table, hidden_states, transpose_b=True))
+        else:
+            logits = tf.matmul(hidden_states, table, transpose_b=True)
         logits = tf.cast(logits, tf.float32)
         if embedding.logit_soft_cap is not None:
             logits = tf.tanh(logits / embedding.logit_soft_cap) * embedding.logit_soft_cap
