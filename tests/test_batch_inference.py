@@ -238,3 +238,18 @@ def test_generation_flags_the_model_refuses_stop_the_job(text_model, text_rows, 
                               str(tmp_path), "--top_k", "100000"])
     with pytest.raises(SystemExit, match="no saved_model.pb"):
         batch_inference.main(["--model_path", str(tmp_path), "--input", text_rows[0], "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_real_270m_export_through_the_pipeline_equals_the_in_process_model(real_causal_lm, real_270m_export,
+                                                                           tmp_path):
+    prompts = ["The capital of France is", "def fibonacci(n):", "Three facts about owls:"]
+    rows = [{"id": f"p{index}", "prompt": prompt} for index, prompt in enumerate(prompts)]
+    count = write_rows(tmp_path / "prompts.jsonl", rows, extra_lines=["not json"])
+    batch_inference.main(["--model_path", real_270m_export, "--input", str(tmp_path / "prompts.jsonl"),
+                          "--output_dir", str(tmp_path / "out"), "--max_new_tokens", "12", "--max_batch_size", "4"])
+    predictions, errors = outputs(str(tmp_path / "out"))
+    assert len(predictions) + len(errors) == count and [e["reason_code"] for e in errors] == ["bad_json"]
+    expected = in_process(real_causal_lm, prompts, 12)
+    assert [predictions[row["id"]]["completion"] for row in rows] == expected
+    assert {record["model_version"] for record in predictions.values()} == {"1"}
