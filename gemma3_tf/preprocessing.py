@@ -26,6 +26,12 @@ def assert_rows(ok, message):
     return tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.format(message, first_bad)])
 
 
+def assert_prompts_not_empty(prompts):
+    """`assert_rows` that no prompt of `prompts` [B] is empty or blank."""
+    return assert_rows(tf.strings.length(tf.strings.strip(prompts)) > 0,
+                       "`prompt[{}]` is empty; a prompt needs at least one character.")
+
+
 def images_in_front(prompt, num_images):
     """`prompt` with `num_images` `<start_of_image>` markers in front when it has none: where a prompt
     does not say where its images go, they come first."""
@@ -300,8 +306,7 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         given = tf.strings.length(images) > 0
         num_images = tf.reduce_sum(tf.cast(given, tf.int32), axis=1)
         markers = tf.cast(tf.strings.split(prompts, START_OF_IMAGE).row_lengths() - 1, tf.int32)
-        checks = [(tf.strings.length(tf.strings.strip(prompts)) > 0,
-                   "`prompt[{}]` is empty; a prompt needs at least one character.")]
+        checks = []
         if self.text_only:
             checks.append((tf.logical_and(num_images == 0, markers == 0),
                            f"`prompt[{{}}]` has images or {START_OF_IMAGE}, but this model has no vision encoder."))
@@ -315,7 +320,8 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
                 tf.where(tf.range(self.max_images_per_prompt)[None, :] < num_images[:, None], START_OF_IMAGE, ""),
                 axis=1)
             prompts = tf.where(markers > 0, prompts, in_front + prompts)
-        with tf.control_dependencies([assert_rows(ok, message) for ok, message in checks]):
+        with tf.control_dependencies([assert_prompts_not_empty(prompts)] +
+                                     [assert_rows(ok, message) for ok, message in checks]):
             prompts = tf.identity(prompts)
         texts = prompts if self.text_only else self._expand_images(prompts)
         tokens = self._tokenize(texts, self.add_start_token)

@@ -92,6 +92,15 @@ def tiny_text_export(tiny_proto, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_text_savedmodel(tiny_text_export):
+    """(causal LM, version directory, the SavedModel reloaded with `tf.saved_model.load`)."""
+    import tensorflow as tf
+
+    causal_lm, path = tiny_text_export
+    return causal_lm, path, tf.saved_model.load(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_vision_export(tiny_proto, tmp_path_factory):
     """(causal LM, SavedModel version directory) of a tiny vision model exported with XLA."""
     from tiny_exports import make_vision_export

@@ -63,12 +63,6 @@ def direct(loaded, prompt, images=None, **parameters):
 
 
 @pytest.fixture(scope="module")
-def text_model(tiny_text_export):
-    causal_lm, path = tiny_text_export
-    return causal_lm, path, tf.saved_model.load(path)
-
-
-@pytest.fixture(scope="module")
 def text_rows(tmp_path_factory):
     root = tmp_path_factory.mktemp("prompts")
     os.makedirs(root / "images")
@@ -83,10 +77,10 @@ def text_rows(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def greedy_run(text_model, text_rows, tmp_path_factory):
+def greedy_run(tiny_text_savedmodel, text_rows, tmp_path_factory):
     """Greedy, fixed batches of 4 (good and bad rows share batches), in a fresh interpreter."""
     output_dir = str(tmp_path_factory.mktemp("greedy"))
-    args = ["--model_path", text_model[1], "--input", text_rows[0], "--output_dir", output_dir,
+    args = ["--model_path", tiny_text_savedmodel[1], "--input", text_rows[0], "--output_dir", output_dir,
             "--max_new_tokens", "6", "--min_batch_size", "4", "--max_batch_size", "4"]
     stdout = subprocess.run([sys.executable, "-c", RUN_SCRIPT, *args], cwd=REPO, check=True, capture_output=True,
                             text=True, timeout=300).stdout
@@ -112,8 +106,8 @@ def test_every_row_comes_out_once_as_a_prediction_or_an_error_with_its_reason(gr
     assert run["gemma3_tf"] == []  # the workers ran the SavedModel only
 
 
-def test_greedy_predictions_equal_the_saved_model_and_the_in_process_model(greedy_run, text_model):
-    causal_lm, _, loaded = text_model
+def test_greedy_predictions_equal_the_saved_model_and_the_in_process_model(greedy_run, tiny_text_savedmodel):
+    causal_lm, _, loaded = tiny_text_savedmodel
     predictions, _ = outputs(greedy_run[0])
     for key, prompt in TEXT_PROMPTS.items():
         record = predictions[key]
@@ -124,9 +118,9 @@ def test_greedy_predictions_equal_the_saved_model_and_the_in_process_model(greed
     assert [predictions[key]["completion"] for key in keys] == expected
 
 
-def test_sampling_with_a_seed_equals_direct_calls_row_by_row_on_two_worker_processes(text_model, text_rows,
+def test_sampling_with_a_seed_equals_direct_calls_row_by_row_on_two_worker_processes(tiny_text_savedmodel, text_rows,
                                                                                     tmp_path):
-    _, path, loaded = text_model
+    _, path, loaded = tiny_text_savedmodel
     summary = batch_inference.main([
         "--model_path", path, "--input", text_rows[0], "--output_dir", str(tmp_path), "--max_new_tokens", "8",
         "--temperature", "1.5", "--top_k", "5", "--seed", "7", "--max_batch_size", "3",
@@ -165,8 +159,8 @@ def test_vision_rows_equal_direct_calls_with_their_image_bytes(tiny_vision_expor
         assert (predictions[key]["completion"], predictions[key]["num_tokens"]) == expected
 
 
-def test_tfrecords_of_the_preprocess_pipeline_give_their_prompts_to_the_model(text_model, tmp_path):
-    _, path, loaded = text_model
+def test_tfrecords_of_the_preprocess_pipeline_give_their_prompts_to_the_model(tiny_text_savedmodel, tmp_path):
+    _, path, loaded = tiny_text_savedmodel
     preset = os.path.join(os.path.dirname(os.path.dirname(path)), "preset")  # what tiny_exports exported
     rows = [{"id": key, "prompt": TEXT_PROMPTS[key], "response": "The quick brown fox."} for key in ("hello", "gemma")]
     write_rows(tmp_path / "train.jsonl", rows)
@@ -232,9 +226,9 @@ def test_refused_batches_lose_only_the_rows_the_model_names():
     assert len(unnamed.calls) == 4
 
 
-def test_generation_flags_the_model_refuses_stop_the_job(text_model, text_rows, tmp_path):
+def test_generation_flags_the_model_refuses_stop_the_job(tiny_text_savedmodel, text_rows, tmp_path):
     with pytest.raises(Exception, match=r"refuses the generation flags .*`top_k\[0\]` must be at most"):
-        batch_inference.main(["--model_path", text_model[1], "--input", text_rows[0], "--output_dir",
+        batch_inference.main(["--model_path", tiny_text_savedmodel[1], "--input", text_rows[0], "--output_dir",
                               str(tmp_path), "--top_k", "100000"])
     with pytest.raises(SystemExit, match="no saved_model.pb"):
         batch_inference.main(["--model_path", str(tmp_path), "--input", text_rows[0], "--output_dir", str(tmp_path)])

@@ -38,12 +38,6 @@ print(json.dumps(outputs))
 
 
 @pytest.fixture(scope="module")
-def text_export(tiny_text_export):
-    causal_lm, path = tiny_text_export
-    return causal_lm, path, tf.saved_model.load(path)
-
-
-@pytest.fixture(scope="module")
 def vision_export(tiny_vision_export):
     causal_lm, path = tiny_vision_export
     return causal_lm, path, tf.saved_model.load(path)
@@ -59,8 +53,8 @@ def completions(result):
     return [text.decode("utf-8") for text in result["completion"]]
 
 
-def test_reloaded_greedy_generation_equals_in_process_in_a_fresh_process(text_export):
-    causal_lm, path, _ = text_export
+def test_reloaded_greedy_generation_equals_in_process_in_a_fresh_process(tiny_text_savedmodel):
+    causal_lm, path, _ = tiny_text_savedmodel
     requests = [{"prompt": PROMPTS, "images": [[]] * 2, "max_new_tokens": 10, "temperature": 0.0, "top_k": 0,
                  "top_p": 1.0, "seed": 0},
                 {"prompt": PROMPTS[1:], "max_new_tokens": [3]}]
@@ -71,8 +65,8 @@ def test_reloaded_greedy_generation_equals_in_process_in_a_fresh_process(text_ex
     assert single["completion"] == in_process(causal_lm, PROMPTS[1:], 3)
 
 
-def test_sampling_parameters_per_row_match_in_process_samplers_and_ignore_batch_neighbours(text_export):
-    causal_lm, _, loaded = text_export
+def test_sampling_parameters_per_row_match_in_process_samplers_and_ignore_batch_neighbours(tiny_text_savedmodel):
+    causal_lm, _, loaded = tiny_text_savedmodel
     top_k = serve(loaded, prompt=PROMPTS, max_new_tokens=8, temperature=1.5, top_k=5, seed=7)
     assert completions(top_k) == in_process(causal_lm, PROMPTS, 8, samplers.TopKSampler(5, 1.5), seed=7)
     top_p = serve(loaded, prompt=PROMPTS, max_new_tokens=8, temperature=2.0, top_p=0.8, seed=3)
@@ -89,8 +83,8 @@ def test_sampling_parameters_per_row_match_in_process_samplers_and_ignore_batch_
                                                    top_k=5, seed=8))
 
 
-def test_stop_tokens_end_rows_and_are_counted(text_export):
-    causal_lm, _, loaded = text_export
+def test_stop_tokens_end_rows_and_are_counted(tiny_text_savedmodel):
+    causal_lm, _, loaded = tiny_text_savedmodel
     new_ids = in_process_ids(causal_lm, PROMPTS, 12)
     tokenizer = causal_lm.preprocessor.tokenizer
     stops = [tokenizer.end_token_id, tokenizer.end_of_turn_token_id]
@@ -101,8 +95,8 @@ def test_stop_tokens_end_rows_and_are_counted(text_export):
     assert completions(result) == causal_lm.preprocessor.generate_postprocess(new_ids)
 
 
-def test_score_and_embed_equal_full_forward_passes(text_export):
-    causal_lm, _, loaded = text_export
+def test_score_and_embed_equal_full_forward_passes(tiny_text_savedmodel):
+    causal_lm, _, loaded = tiny_text_savedmodel
     tokenizer = causal_lm.preprocessor.tokenizer
     responses = [" over", " dog and the fox"]
     scored = serve(loaded, "score", prompt=PROMPTS, response=responses)
@@ -126,19 +120,20 @@ def test_score_and_embed_equal_full_forward_passes(text_export):
     ({"prompt": ["ok"], "top_k": 1000}, r"`top_k\[0\]` must be at most 256"),
     ({"prompt": ["ok"], "top_p": 0.0}, r"`top_p\[0\]` must be in \(0, 1\]"),
     ({"prompt": ["ok"], "max_new_tokens": 0}, r"`max_new_tokens\[0\]` must be >= 1"),
-    ({"prompt": ["ok"], "max_new_tokens": 47}, r"`prompt\[0\]` is too long: .* exceed the max_length=48 of this export"),
+    ({"prompt": ["ok"], "max_new_tokens": 47},
+     r"`prompt\[0\]` is too long: .* exceed the max_length=48 of this export"),
     ({"prompt": ["ok", "no"], "seed": [1, 2, 3]}, r"`seed` must be a scalar or hold one value per prompt \(2\)"),
     ({"prompt": ["ok"], "images": [[b"\x89PNG"]]}, r"this model has no vision encoder"),
 ])
-def test_bad_requests_fail_with_a_message_naming_the_input(text_export, inputs, message):
-    _, _, loaded = text_export
+def test_bad_requests_fail_with_a_message_naming_the_input(tiny_text_savedmodel, inputs, message):
+    _, _, loaded = tiny_text_savedmodel
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         serve(loaded, **inputs)
     assert completions(serve(loaded, prompt=["still serving"], max_new_tokens=2))  # the model is fine after
 
 
-def test_tf_serving_layout_warmup_config_and_ops(text_export, tmp_path):
-    causal_lm, path, _ = text_export
+def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path):
+    causal_lm, path, _ = tiny_text_savedmodel
     from tensorflow_serving.apis import prediction_log_pb2
     from tensorflow_serving.config import model_server_config_pb2
 

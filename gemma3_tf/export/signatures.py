@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from gemma3_tf import samplers
 from gemma3_tf.generation import MAX_STOP_TOKENS, MIN_BUCKET, Decoder, call_with_cache
-from gemma3_tf.preprocessing import assert_rows
+from gemma3_tf.preprocessing import assert_prompts_not_empty, assert_rows
 
 MAX_IMAGE_BYTES = 20 << 20
 
@@ -44,7 +44,8 @@ class ServingModule(tf.Module):
         super().__init__(name="gemma3")
         preprocessor = causal_lm.preprocessor
         if preprocessor is None:
-            raise ValueError("Exporting needs a Gemma3CausalLM with a preprocessor (its tokenizer goes into the graph).")
+            raise ValueError("Exporting needs a Gemma3CausalLM with a preprocessor (its tokenizer goes into the "
+                             "graph).")
         self._backbone, self._preprocessor = causal_lm.backbone, preprocessor
         self._tokenizer = preprocessor.tokenizer
         self._decoder = Decoder(causal_lm.backbone, pad_token_id=self._tokenizer.pad_token_id)
@@ -162,13 +163,13 @@ class ServingModule(tf.Module):
         return hidden
 
     def _text_tokens(self, texts, add_start):
-        with tf.control_dependencies([assert_rows(tf.strings.length(tf.strings.strip(texts)) > 0,
-                                                  "`prompt[{}]` is empty; a prompt needs at least one character.")]):
+        with tf.control_dependencies([assert_prompts_not_empty(texts)]):
             return self._preprocessor._tokenize(texts, add_start)
 
     def _check_length(self, tokens, what):
         return assert_rows(tokens.row_lengths() <= self._max_length,
-                           f"`prompt[{{}}]`{what} is longer than the max_length={self._max_length} tokens of this export.")
+                           f"`prompt[{{}}]`{what} is longer than the max_length={self._max_length} tokens of this "
+                           "export.")
 
     def _score(self, prompt, response):
         """Sum of log p(response tokens | prompt), BOS in front, no EOS after."""
