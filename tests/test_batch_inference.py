@@ -237,6 +237,7 @@ def test_generation_flags_the_model_refuses_stop_the_job(tiny_text_savedmodel, t
 @pytest.mark.slow
 def test_real_270m_export_through_the_pipeline_equals_the_in_process_model(real_causal_lm, real_270m_export,
                                                                            tmp_path):
+    """Also the real export's check: 3 prompts x 12 greedy tokens equal `generate` in this process."""
     prompts = ["The capital of France is", "def fibonacci(n):", "Three facts about owls:"]
     rows = [{"id": f"p{index}", "prompt": prompt} for index, prompt in enumerate(prompts)]
     count = write_rows(tmp_path / "prompts.jsonl", rows, extra_lines=["not json"])
