@@ -203,8 +203,8 @@ def headline(results):
                     if (impl, batch, prompt) not in by_key:
                         continue
                     value = by_key[(impl, batch, prompt)]
-                    if value is None:
-                        peers.append(f"{IMPL_NAMES[impl]}: n/a")
+                    if value is None:  # generate.py's llama.cpp runner decodes one sequence at a time
+                        peers.append(f"{IMPL_NAMES[impl]}: n/a" + (" (batch 1 only)" if batch > 1 else ""))
                     else:
                         ratio = f" (ours {ours / value:.2f}x)" if ours else ""
                         peers.append(f"{IMPL_NAMES[impl]}: {value:g}{ratio}")
@@ -388,12 +388,14 @@ def write_report(results_dir, out, charts_dir):
         return f"![{name}]({relative.replace(os.sep, '/')})"
 
     lines = ["# Benchmarks", "",
-             "Written by `benchmarks/report.py` from the JSON of one run of the scripts in `benchmarks/` "
-             "(`make bench`, that is `benchmarks/run_all.py`). Each section gives the exact command.", ""]
+             "Written by `benchmarks/report.py` from the JSON of the latest run of each script in `benchmarks/` "
+             "(`make bench`, that is `benchmarks/run_all.py`; `--only NAME` reruns one). Each section gives "
+             "the exact command and when it ran.", ""]
     lines += ["## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {label} | {value} |" for label, value in machine()]
-    if run_info.get("started"):
-        lines.append(f"| Benchmarks run | {run_info['started']} to {run_info.get('finished', '(unfinished)')} |")
+    started = sorted(record["started"] for record in runs.values() if "started" in record)
+    if started:
+        lines.append(f"| Benchmarks run | {started[0]} to {run_info.get('finished', '(unfinished)')} |")
     lines += ["", "## Headline", "", "| metric | gemma3-tf | peers / reference | source |", "|---|---|---|---|"]
     lines += [f"| {metric} | {ours} | {peers} | `benchmarks/{source}` |" for metric, ours, peers, source
               in headline(results)]
@@ -412,8 +414,10 @@ def write_report(results_dir, out, charts_dir):
             continue
         data = results[name]
         record = runs.get(name, {})
+        when = ", ".join(part for part in (record.get("started"), f"{record['seconds']:.0f} s"
+                                           if "seconds" in record and "error" not in record else None) if part)
         lines += [f"Command: `{data.get('command', ' '.join(command(name, results_dir)))}`"
-                  + (f" ({record['seconds']:.0f} s)" if "seconds" in record and "error" not in record else ""), ""]
+                  + (f" ({when})" if when else ""), ""]
         if settings_line(data) and name not in ("train", "batch_inference"):  # their tables have a header
             lines += [f"Settings: {settings_line(data)}", ""]
         if name == "generate" and data.get("skipped"):

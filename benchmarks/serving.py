@@ -1,7 +1,7 @@
 """Serving latency and throughput of the exported real Gemma 3 270M: a direct in-process call of the
 SavedModel against the same requests through the local TF Serving-compatible server (REST and gRPC).
 
-    .venv/bin/python benchmarks/serving.py [--variants plain xla] [--requests 10] [--max_new_tokens 16]
+    .venv/bin/python benchmarks/serving.py [--variants plain xla] [--requests 20] [--max_new_tokens 16]
         [--clients 16 --requests_per_client 20] [--json_out FILE]
 
 Each variant is exported once into `--work_dir` (`gemma3-tf export`, `--jit_compile` for xla) and
@@ -10,6 +10,8 @@ as it would in production; the clients run here. Rows:
 - direct: the `serving_default` signature of `tf.saved_model.load(...)` in this process (the function
   the server calls), one request at a time, every input given.
 - rest / grpc: the same requests one at a time through the server; overhead = p50 / direct p50 - 1.
+  The three rows take turns (direct, rest, grpc, direct, ...), so that drift in the machine's speed
+  during the run, which is larger than the overhead measured, falls on all three alike.
 - rest x N clients: N threads each sending `--requests_per_client` requests; requests/s and tokens/s
   over the whole run, and the latency percentiles each client saw.
 Every request asks for exactly `--max_new_tokens` greedy tokens (a stop token may end one sooner;
@@ -54,18 +56,24 @@ def percentiles(latencies):
     return {"p50_s": float(np.percentile(latencies, 50)), "p99_s": float(np.percentile(latencies, 99))}
 
 
-def timed(call, count):
-    """Latencies of `count` sequential calls (after one untimed call) and the tokens they generated."""
-    call(0)
-    latencies, tokens = [], 0
+def interleaved(calls, count):
+    """{name: (latencies, tokens)} of `count` rounds, each round one call of every entry of `calls` in
+    turn (after one untimed round), so that the machine's drift over the run affects each row alike."""
+    for call in calls.values():
+        call(0)
+    measured = {name: ([], 0) for name in calls}
     for index in range(count):
-        start = time.perf_counter()
-        tokens += call(index)
-        latencies.append(time.perf_counter() - start)
-    return latencies, tokens
+        for name, call in calls.items():
+            start = time.perf_counter()
+            tokens = call(index)
+            latencies, total = measured[name]
+            latencies.append(time.perf_counter() - start)
+            measured[name] = (latencies, total + tokens)
+    return measured
 
 
-def direct_row(base, args):
+def direct_call(base, args):
+    """One request through the `serving_default` signature of the SavedModel loaded in this process."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (TF Text kernels)
 
@@ -81,8 +89,7 @@ def direct_row(base, args):
                            max_new_tokens=tf.constant(args.max_new_tokens), **defaults)
         return int(result["num_tokens"][0])
 
-    latencies, tokens = timed(call, args.requests)
-    return {"row": "direct", **percentiles(latencies), "tokens_per_s": tokens / sum(latencies)}
+    return call
 
 
 def start_server(base, name):
@@ -100,21 +107,25 @@ def start_server(base, name):
     return server, grpc_port, rest_port
 
 
-def served_rows(base, args, direct_p50):
+def variant_rows(base, args):
+    """The direct, rest and grpc rows (interleaved), then the concurrent row."""
     from serving.client import GrpcClient, RestClient
 
     name = os.path.basename(base)
     server, grpc_port, rest_port = start_server(base, name)
-    rows = []
     try:
+        calls = {"direct": direct_call(base, args)}
         for row, client in (("rest", RestClient(f"http://localhost:{rest_port}", name, timeout=600)),
                             ("grpc", GrpcClient(f"localhost:{grpc_port}", name, timeout=600))):
             def call(index, client=client):
                 return client.generate(PROMPTS[index % len(PROMPTS)], max_new_tokens=args.max_new_tokens)["num_tokens"]
 
-            latencies, tokens = timed(call, args.requests)
-            rows.append({"row": row, **percentiles(latencies), "tokens_per_s": tokens / sum(latencies),
-                         "overhead_p50": percentiles(latencies)["p50_s"] / direct_p50 - 1})
+            calls[row] = call
+        rows = []
+        for row, (latencies, tokens) in interleaved(calls, args.requests).items():
+            rows.append({"row": row, **percentiles(latencies), "tokens_per_s": tokens / sum(latencies)})
+            if row != "direct":
+                rows[-1]["overhead_p50"] = rows[-1]["p50_s"] / rows[0]["p50_s"] - 1
         rows.append(concurrent_row(rest_port, name, args))
     finally:
         server.terminate()
@@ -156,7 +167,7 @@ def main():
     parser.add_argument("--preset", default="gemma3_270m_q4_k_m")
     parser.add_argument("--work_dir", default="/tmp/gemma3_tf_serving_bench")
     parser.add_argument("--variants", nargs="+", default=["plain", "xla"], choices=["plain", "xla"])
-    parser.add_argument("--requests", type=int, default=10, help="sequential requests per row")
+    parser.add_argument("--requests", type=int, default=20, help="sequential requests per row")
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests_per_client", type=int, default=20)
@@ -166,8 +177,7 @@ def main():
     results = []
     for variant in args.variants:
         base = export(args.work_dir, variant, args.preset)
-        direct = direct_row(base, args)
-        rows = [direct] + served_rows(base, args, direct["p50_s"])
+        rows = variant_rows(base, args)
         results += [{"variant": variant, **row} for row in rows]
         print(f"done: {variant}", file=sys.stderr)
     columns = ["variant", "row", "p50_s", "p99_s", "overhead_p50", "tokens_per_s", "requests_per_s"]
