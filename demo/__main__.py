@@ -46,9 +46,10 @@ class Stages:
         return result
 
     def summary(self):
-        lines = [f"{'stage':<28} {'seconds':>8}  notes"]
-        lines += [f"{name:<28} {seconds:>8.1f}  {note}" for name, seconds, note in self.rows]
-        lines.append(f"{'total':<28} {sum(row[1] for row in self.rows):>8.1f}")
+        width = max([len("stage")] + [len(name) for name, _, _ in self.rows])
+        lines = [f"{'stage':<{width}} {'seconds':>8}  notes"]
+        lines += [f"{name:<{width}} {seconds:>8.1f}  {note}" for name, seconds, note in self.rows]
+        lines.append(f"{'total':<{width}} {sum(row[1] for row in self.rows):>8.1f}")
         return "\n".join(lines)
 
 
