@@ -61,19 +61,18 @@ def interleaved(calls, count):
     turn (after one untimed round), so that the machine's drift over the run affects each row alike."""
     for call in calls.values():
         call(0)
-    measured = {name: ([], 0) for name in calls}
+    latencies, tokens = {name: [] for name in calls}, dict.fromkeys(calls, 0)
     for index in range(count):
         for name, call in calls.items():
             start = time.perf_counter()
-            tokens = call(index)
-            latencies, total = measured[name]
-            latencies.append(time.perf_counter() - start)
-            measured[name] = (latencies, total + tokens)
-    return measured
+            tokens[name] += call(index)
+            latencies[name].append(time.perf_counter() - start)
+    return {name: (latencies[name], tokens[name]) for name in calls}
 
 
 def direct_call(base, args):
-    """One request through the `serving_default` signature of the SavedModel loaded in this process."""
+    """A function sending request `index` to the `serving_default` signature of the SavedModel,
+    loaded in this process; it returns the number of tokens generated."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (TF Text kernels)
 

@@ -91,13 +91,17 @@ def tiny_text_export(tiny_proto, tmp_path_factory):
     return make_text_export(tiny_proto, str(tmp_path_factory.mktemp("exports")))
 
 
-@pytest.fixture(scope="session")
-def tiny_text_savedmodel(tiny_text_export):
-    """(causal LM, version directory, the SavedModel reloaded with `tf.saved_model.load`)."""
+def _reloaded(export):
+    """(causal LM, version directory) -> (causal LM, version directory, its `tf.saved_model.load`)."""
     import tensorflow as tf
 
-    causal_lm, path = tiny_text_export
+    causal_lm, path = export
     return causal_lm, path, tf.saved_model.load(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_savedmodel(tiny_text_export):
+    return _reloaded(tiny_text_export)
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +110,11 @@ def tiny_vision_export(tiny_proto, tmp_path_factory):
     from tiny_exports import make_vision_export
 
     return make_vision_export(tiny_proto, str(tmp_path_factory.mktemp("exports")))
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_savedmodel(tiny_vision_export):
+    return _reloaded(tiny_vision_export)
 
 
 @pytest.fixture(scope="session")

@@ -133,9 +133,8 @@ def test_sampling_with_a_seed_equals_direct_calls_row_by_row_on_two_worker_proce
     assert predictions["fox"]["completion"] != direct(loaded, PROMPTS[1], max_new_tokens=8)[0]  # it sampled
 
 
-def test_vision_rows_equal_direct_calls_with_their_image_bytes(tiny_vision_export, tmp_path):
-    _, path = tiny_vision_export
-    loaded = tf.saved_model.load(path)
+def test_vision_rows_equal_direct_calls_with_their_image_bytes(tiny_vision_savedmodel, tmp_path):
+    _, path, loaded = tiny_vision_savedmodel
     images = {name: png(width, height, seed)[0] for name, width, height, seed in
               [("0.png", 40, 30, 0), ("1.png", 28, 28, 1)]}
     for name, data in images.items():

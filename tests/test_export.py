@@ -40,12 +40,6 @@ print(json.dumps(outputs))
 """
 
 
-@pytest.fixture(scope="module")
-def vision_export(tiny_vision_export):
-    causal_lm, path = tiny_vision_export
-    return causal_lm, path, tf.saved_model.load(path)
-
-
 def serve(loaded, function="generate", **inputs):
     """Calls the reloaded module's function, which, unlike `signatures[...]`, fills in omitted inputs."""
     result = getattr(loaded, function)(**{key: tf.constant(value) for key, value in inputs.items()})
@@ -172,8 +166,8 @@ def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path)
         check_servable_ops(str(tmp_path / "py"))
 
 
-def test_vision_export_with_xla_takes_image_bytes_like_the_in_process_model(vision_export):
-    causal_lm, _, loaded = vision_export
+def test_vision_export_with_xla_takes_image_bytes_like_the_in_process_model(tiny_vision_savedmodel):
+    causal_lm, _, loaded = tiny_vision_savedmodel
     image_a, image_b = png(40, 30, 1)[0], png(20, 50, 2)[0]
     prompts = ["Describe <start_of_image> please", "Compare", "No image here"]
     images = [[image_a], [image_a, image_b], []]
