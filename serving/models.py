@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers TF Text's ops, which tensorflow_model_server links in)
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import prediction_log_pb2
 
 log = logging.getLogger("serving")
@@ -128,13 +129,24 @@ def _shape_str(shape) -> str:
 
 
 class Servable:
-    """One loaded version of a model. Requests hold it (acquire/release) so that unloading
-    waits for those in flight."""
+    """One loaded version of a model, loaded as tensorflow_model_server's SavedModelBundle is: a
+    Session over the MetaGraph tagged "serve", the saver's restore op on variables/, the init op
+    (all three done by TensorFlow's session loader), then every request a `Session::Run` on the
+    SignatureDef's tensor names. `tf.saved_model.load` would rebind function captures through the
+    object graph and so run SavedModels that TF Serving cannot; this loader runs only what TF
+    Serving runs. Requests hold the servable (acquire/release) so that unloading waits for those
+    in flight."""
 
     def __init__(self, name: str, version: int, path: str):
         self.name, self.version, self.path = name, version, path
-        self.signature_defs = read_signature_defs(path)
-        self._loaded = tf.saved_model.load(path, tags=["serve"])
+        self._session = tf.compat.v1.Session(graph=tf.Graph())
+        try:
+            with deprecation.silence():  # it advises tf.saved_model.load, which TF Serving does not use
+                meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], path)
+        except BaseException:
+            self._session.close()
+            raise
+        self.signature_defs = dict(meta_graph.signature_def)
         self._defaults = {
             sig: {alias: tf.make_ndarray(proto) for alias, proto in sig_def.defaults.items()}
             for sig, sig_def in self.signature_defs.items()
@@ -155,8 +167,8 @@ class Servable:
 
     def signature(self, signature_name: str) -> meta_graph_pb2.SignatureDef:
         sig_def = self.signature_defs.get(signature_name)
-        if sig_def is None or signature_name not in self._loaded.signatures:
-            available = ", ".join(sorted(s for s in self._loaded.signatures))
+        if sig_def is None:
+            available = ", ".join(sorted(self.signature_defs))
             raise invalid_argument(
                 f'Serving signature name: "{signature_name}" not found in signature def '
                 f"(available: {available})")
@@ -207,15 +219,14 @@ class Servable:
     def call(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the signature on complete, checked inputs (see prepare)."""
         sig_def = self.signature(signature_name)
-        function = self._loaded.signatures[signature_name]
-        tensors = {a: tf.constant(v, dtype=sig_def.inputs[a].dtype) for a, v in inputs.items()}
+        feeds = {sig_def.inputs[a].name: np.asarray(v, dtype=tf.dtypes.as_dtype(sig_def.inputs[a].dtype).as_numpy_dtype)
+                 for a, v in inputs.items()}
         try:
-            outputs = function(**tensors)
+            return self._session.run({alias: info.name for alias, info in sig_def.outputs.items()}, feeds)
         except tf.errors.OpError as e:
             raise RequestError(_CODE_NAMES.get(e.error_code, "UNKNOWN"), op_error_message(e)) from e
-        except (TypeError, ValueError) as e:  # Inputs the traced function cannot bind.
+        except (TypeError, ValueError) as e:  # Feeds the graph cannot take.
             raise invalid_argument(str(e).splitlines()[0]) from e
-        return {alias: tensor.numpy() for alias, tensor in outputs.items()}
 
     def acquire(self) -> None:
         with self._idle:
@@ -230,7 +241,7 @@ class Servable:
         """Waits for requests in flight, then drops the loaded model."""
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0)
-        self._loaded = None
+        self._session.close()
 
 
 class VersionStatus(NamedTuple):
@@ -274,10 +285,13 @@ class ModelManager:
         if self._failed.get(target) == mtime:
             return  # Retried only once the version is rewritten.
         self._states[target] = VersionStatus(target, "LOADING")
+        servable = None
         try:
             servable = Servable(self.name, target, versions[target])
             records = servable.warmup()
         except Exception as e:  # Any failure leaves the current version serving.
+            if servable is not None:
+                servable.unload()
             message = f"{type(e).__name__}: {e}".splitlines()[0]
             log.error("Failed to load model %s version %d from %s: %s", self.name, target, versions[target], message)
             self._states[target] = VersionStatus(target, "END", "UNKNOWN", message)

@@ -92,11 +92,12 @@ def tiny_text_export(tiny_proto, tmp_path_factory):
 
 
 def _reloaded(export):
-    """(causal LM, version directory) -> (causal LM, version directory, its `tf.saved_model.load`)."""
-    import tensorflow as tf
+    """(causal LM, version directory) -> (causal LM, version directory, the version loaded as TF Serving
+    loads it: a SessionSavedModel)."""
+    from session_savedmodel import SessionSavedModel
 
     causal_lm, path = export
-    return causal_lm, path, tf.saved_model.load(path)
+    return causal_lm, path, SessionSavedModel(path)
 
 
 @pytest.fixture(scope="session")

@@ -89,20 +89,45 @@ def _warmup_log(signature_name: str, **inputs) -> prediction_log_pb2.PredictionL
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
 
-def write_toy_model(base_path: str, version: int, tag: str = "v1", scale: float = 1.0) -> str:
-    """Saves version `version` under base_path, appearing at once (built aside, then renamed)."""
+class KerasVariablesModel(tf.Module):
+    """The mistake our export once made: a tf.Module tracking Keras 3 variables. `tf.saved_model.load`
+    runs it (it rebinds captures through the object graph); TF Serving's session loader restores
+    copies of the variables that its function never reads ("Could not find variable")."""
+
+    def __init__(self):
+        super().__init__()
+        import keras
+
+        self.dense = keras.layers.Dense(4)
+        self.dense.build((None, 1))
+        self.tracked = list(self.dense.variables)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt")])
+    def embed(self, prompt):
+        return {"embedding": self.dense(tf.cast(tf.strings.length(prompt), tf.float32)[:, None])}
+
+
+def write_toy_model(base_path: str, version: int, tag: str = "v1", scale: float = 1.0,
+                    keras_variables: bool = False) -> str:
+    """Saves version `version` under base_path, appearing at once (built aside, then renamed).
+    `keras_variables`: a model that only the Python object loader runs (see KerasVariablesModel)."""
     os.makedirs(base_path, exist_ok=True)
     final = os.path.join(base_path, str(version))
     staging = os.path.join(base_path, f".staging-{version}")
     shutil.rmtree(staging, ignore_errors=True)
-    model = ToyModel(tag, scale)
-    tf.saved_model.save(model, staging, signatures={
-        "serving_default": model.generate, "score": model.score, "embed": model.embed})
+    if keras_variables:
+        model = KerasVariablesModel()
+        signatures, warmup = {"embed": model.embed}, [_warmup_log("embed", prompt=["warm"])]
+    else:
+        model = ToyModel(tag, scale)
+        signatures = {"serving_default": model.generate, "score": model.score, "embed": model.embed}
+        warmup = [_warmup_log("serving_default", prompt=["warm up"]),
+                  _warmup_log("score", prompt=["a"], response=["b"]),
+                  _warmup_log("embed", prompt=["warm"])]
+    tf.saved_model.save(model, staging, signatures=signatures)
     os.makedirs(os.path.join(staging, "assets.extra"))
     with tf.io.TFRecordWriter(os.path.join(staging, "assets.extra", "tf_serving_warmup_requests")) as writer:
-        for record in [_warmup_log("serving_default", prompt=["warm up"]),
-                       _warmup_log("score", prompt=["a"], response=["b"]),
-                       _warmup_log("embed", prompt=["warm"])]:
+        for record in warmup:
             writer.write(record.SerializeToString())
     os.rename(staging, final)
     return final

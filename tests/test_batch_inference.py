@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-import tensorflow as tf
 
 from gemma3_tf import cli
 from gemma3_tf.preprocessing import chat_prompt, images_in_front
@@ -53,13 +52,10 @@ def outputs(output_dir):
 
 
 def direct(loaded, prompt, images=None, **parameters):
-    """One row through `loaded.generate`, alone: (completion, num_tokens)."""
-    inputs = {"prompt": tf.constant([prompt])}
-    if images:
-        inputs["images"] = tf.constant([images])
-    inputs.update({name: tf.constant(value) for name, value in parameters.items()})
+    """One row through the SessionSavedModel's `generate`, alone: (completion, num_tokens)."""
+    inputs = {"prompt": [prompt], **({"images": [images]} if images else {}), **parameters}
     result = loaded.generate(**inputs)
-    return result["completion"].numpy()[0].decode("utf-8", errors="replace"), int(result["num_tokens"].numpy()[0])
+    return result["completion"][0].decode("utf-8", errors="replace"), int(result["num_tokens"][0])
 
 
 @pytest.fixture(scope="module")

@@ -15,49 +15,41 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 from gemma3_tf import samplers
-from gemma3_tf.export import MODELS_CONFIG, WARMUP_FILE, check_servable_ops, export_model, saved_model_ops
+from gemma3_tf.export import (MODELS_CONFIG, WARMUP_FILE, NotServableError, ServingModule, check_servable_ops,
+                              export_model, saved_model_ops)
 from test_preprocessing import png
 from tiny_exports import PROMPTS, in_process, in_process_ids
 
 
-# Runs in a fresh interpreter that never imports gemma3_tf: what TF Serving sees is all there is.
-RELOAD_SCRIPT = """
-import json, sys
-import tensorflow as tf, tensorflow_text  # TF Text's kernels, as tensorflow_model_server links them
-path, requests = sys.argv[1], json.loads(sys.argv[2])
-loaded = tf.saved_model.load(path)
-outputs = []
-for request in requests:
-    inputs = {k: tf.constant(v, tf.string if k in ("prompt", "images") else None) for k, v in request.items()}
-    if "images" in inputs:  # the signature takes every input; `loaded.generate` has the defaults
-        result = loaded.signatures["serving_default"](**inputs)
-    else:
-        result = loaded.generate(**inputs)
-    outputs.append({"completion": [c.decode() for c in result["completion"].numpy()],
-                    "num_tokens": result["num_tokens"].numpy().tolist()})
-assert not any(name.startswith("gemma3_tf") for name in sys.modules)
-print(json.dumps(outputs))
-"""
+TF_SERVING_LOAD = os.path.join(os.path.dirname(__file__), "tf_serving_load.py")
+
+
+def load_like_tf_serving(python, path, requests):
+    """tests/tf_serving_load.py under `python`: a fresh interpreter that never imports gemma3_tf loads
+    the version as TF Serving does, replays its warmup records and answers `requests`."""
+    output = subprocess.run([python, TF_SERVING_LOAD, path, json.dumps(requests)], check=True,
+                            capture_output=True, text=True, timeout=600).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def serve(loaded, function="generate", **inputs):
-    """Calls the reloaded module's function, which, unlike `signatures[...]`, fills in omitted inputs."""
-    result = getattr(loaded, function)(**{key: tf.constant(value) for key, value in inputs.items()})
-    return {key: value.numpy() for key, value in result.items()}
+    """Calls a function of the SessionSavedModel; omitted inputs take the SignatureDef's defaults."""
+    return getattr(loaded, function)(**inputs)
 
 
 def completions(result):
     return [text.decode("utf-8") for text in result["completion"]]
 
 
-def test_reloaded_greedy_generation_equals_in_process_in_a_fresh_process(tiny_text_savedmodel):
-    causal_lm, path, _ = tiny_text_savedmodel
-    requests = [{"prompt": PROMPTS, "images": [[]] * 2, "max_new_tokens": 10, "temperature": 0.0, "top_k": 0,
-                 "top_p": 1.0, "seed": 0},
-                {"prompt": PROMPTS[1:], "max_new_tokens": [3]}]
-    output = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, path, json.dumps(requests)], check=True,
-                            capture_output=True, text=True, timeout=300).stdout
-    batch, single = json.loads(output.strip().splitlines()[-1])
+def test_greedy_generation_through_tf_servings_loader_in_a_fresh_process_equals_in_process(tiny_text_export):
+    causal_lm, path = tiny_text_export
+    requests = [{"signature": "serving_default", "inputs": {
+                    "prompt": PROMPTS, "images": [[]] * 2, "max_new_tokens": 10, "temperature": 0.0, "top_k": 0,
+                    "top_p": 1.0, "seed": 0}},
+                {"signature": "serving_default", "inputs": {"prompt": PROMPTS[1:], "max_new_tokens": [3]}}]
+    result = load_like_tf_serving(sys.executable, path, requests)
+    assert result["tensorflow"] == tf.__version__ and result["warmup_records"] == 3
+    batch, single = result["outputs"]
     assert batch["completion"] == in_process(causal_lm, PROMPTS, 10)
     assert single["completion"] == in_process(causal_lm, PROMPTS[1:], 3)
 
@@ -129,7 +121,7 @@ def test_bad_requests_fail_with_a_message_naming_the_input(tiny_text_savedmodel,
     assert completions(serve(loaded, prompt=["still serving"], max_new_tokens=2))  # the model is fine after
 
 
-def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path):
+def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path, monkeypatch):
     causal_lm, path, _ = tiny_text_savedmodel
     from tensorflow_serving.apis import prediction_log_pb2
     from tensorflow_serving.config import model_server_config_pb2
@@ -151,8 +143,21 @@ def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path)
     ops = saved_model_ops(path)
     assert {"SentencepieceTokenizeOp", "SentencepieceDetokenizeOp", "StatelessWhile"} <= ops
     check_servable_ops(path)  # no error: TF core and TF Text only
-    # A new export goes next to the highest version, and the checker does refuse Python callbacks.
+    # A version TF Serving's loader cannot run is refused at export, naming why, and leaves nothing behind:
+    # here the mistake of tracking the Keras variables instead of the tf.Variables under them.
     shutil.copytree(path, tmp_path / "models" / "tiny" / "1")
+    original_init = ServingModule.__init__
+
+    def tracking_keras_variables(module, causal_lm, *args, **kwargs):
+        original_init(module, causal_lm, *args, **kwargs)
+        module.model_variables = list(causal_lm.backbone.variables)
+
+    monkeypatch.setattr(ServingModule, "__init__", tracking_keras_variables)
+    with pytest.raises(NotServableError, match=r"serving_default.*TF Serving's session path: Could not find variable"):
+        export_model(causal_lm, tmp_path / "models" / "tiny", max_length=48)
+    assert sorted(os.listdir(tmp_path / "models" / "tiny")) == ["1"]
+    monkeypatch.undo()
+    # A new export goes next to the highest version, and the checker does refuse Python callbacks.
     second = export_model(causal_lm, tmp_path / "models" / "tiny", max_length=48, warmup=False)
     assert os.path.basename(second) == "2" and not os.path.exists(os.path.join(second, WARMUP_FILE))
 
@@ -181,3 +186,36 @@ def test_vision_export_with_xla_takes_image_bytes_like_the_in_process_model(tiny
         serve(loaded, prompt=["x"], images=[[b"not an image"]])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"markers other than its number of `images`"):
         serve(loaded, prompt=["<start_of_image> and <start_of_image>"], images=[[image_a]])
+
+
+@pytest.mark.parametrize("vision, jit_compile, dtype", [(False, True, "bfloat16"), (True, False, "float32")],
+                         ids=["text-xla-bfloat16", "vision-plain-float32"])
+def test_lora_kept_apart_exports_answer_through_tf_servings_loader_like_in_process(
+        tiny_proto, tmp_path, vision, jit_compile, dtype):
+    from gemma3_tf import cli
+    from tiny_exports import tiny_lm
+
+    trained = tiny_lm(tiny_proto, vision=vision, seed=2)
+    trained.backbone.enable_lora(2)
+    for weight in trained.backbone.weights:  # LoRA's B starts at zero: give the adapters an effect
+        if "lora_kernel_b" in weight.path:
+            weight.assign(np.random.default_rng(3).normal(0, 0.5, weight.shape).astype("float32"))
+    preset = str(tmp_path / "preset")
+    trained.save_to_preset(preset, merge_lora=False)
+    args = ["export", "--preset", preset, "--model_base_path", str(tmp_path / "lora"), "--max_length", "64",
+            "--dtype", dtype] + (["--jit_compile"] if jit_compile else [])
+    cli.main(args)
+    from gemma3_tf import Gemma3CausalLM
+    from session_savedmodel import SessionSavedModel
+
+    causal_lm = Gemma3CausalLM.from_preset(preset, dtype=dtype, progress=False)
+    assert causal_lm.backbone.lora_rank == 2
+    loaded = SessionSavedModel(str(tmp_path / "lora" / "1"))
+    inputs, prompts, images = {"prompt": PROMPTS, "max_new_tokens": 6}, PROMPTS, None
+    if vision:  # the first row with an image, in front of its text (no marker in the prompt)
+        images = [[png(40, 30, 1)[0]], []]
+        inputs["images"] = [images[0], [b""]]
+        prompts = ["<start_of_image>" + PROMPTS[0], PROMPTS[1]]
+    assert completions(loaded.generate(**inputs)) == in_process(causal_lm, prompts, 6, images=images)
+    embedding = loaded.embed(prompt=PROMPTS)["embedding"]
+    assert embedding.shape == (2, causal_lm.backbone.hidden_dim) and np.all(np.isfinite(embedding))

@@ -296,6 +296,26 @@ def test_version_reload_and_warmup(tmp_path, caplog):
     assert "Unloaded model toy version 1" in logged
 
 
+def test_a_version_only_the_python_object_loader_runs_is_refused_and_the_previous_one_serves(tmp_path):
+    base = str(tmp_path / "toy")
+    write_toy_model(base, 1)
+    with serve(model_base_path=base, model_name="toy", port=0, rest_api_port=0,
+               file_system_poll_wait_seconds=0.1) as server:
+        broken = write_toy_model(base, 2, keras_variables=True)
+        forgiving = tf.saved_model.load(broken)  # the Python object loader runs it
+        assert forgiving.embed(tf.constant(["ab"]))["embedding"].shape == (1, 4)
+        client = RestClient(f"http://localhost:{server.rest_port}", "toy")
+        deadline = time.monotonic() + 30
+        while "2" not in {s["version"] for s in client.status()["model_version_status"]
+                          if s["state"] == "END"}:
+            assert time.monotonic() < deadline, "version 2 was not tried"
+            time.sleep(0.05)
+        status = next(s for s in client.status()["model_version_status"] if s["version"] == "2")
+        assert "Could not find variable" in status["status"]["error_message"]
+        assert server.registry.managers["toy"].current.version == 1
+        assert client.generate("ab")["completion"] == expected_completion("ab", tag="v1")
+
+
 def test_concurrent_clients_are_batched(batching_server):
     before = batching_server.batcher.stats()
     failures = []

@@ -15,6 +15,8 @@ from gemma3_tf import data
 from gemma3_tf.training import TPUUnavailableError, TrainConfig, Trainer, check_data_matches_model, resolve_strategy
 from keras_hub_oracle import TEXT_CONFIG, randomize
 from pipelines import preprocess
+from session_savedmodel import SessionSavedModel
+from tiny_exports import in_process
 
 SEQUENCE_LENGTH = 96
 MODEL_CONFIG = dict(TEXT_CONFIG, vocabulary_size=400, num_layers=2, hidden_dim=64, intermediate_dim=128,
@@ -203,8 +205,14 @@ def test_train_command_writes_a_loadable_preset_and_summary(tiny, tmp_path):
               "--learning_rate", "1e-2", "--log_every", "2", "--strategy", "default"])
     summary = json.load(open(tmp_path / "summary.json"))
     assert summary["steps"] == 4 and summary["lora_rank"] == 2 and np.isfinite(summary["eval_loss"])
-    gemma3_tf.Gemma3CausalLM.from_preset(summary["final_preset"], progress=False)
+    trained = gemma3_tf.Gemma3CausalLM.from_preset(summary["final_preset"], progress=False)
     assert tf.io.gfile.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+    # What the job wrote exports and answers through TF Serving's loader like the in-process model.
+    cli.main(["export", "--preset", summary["final_preset"], "--model_base_path", str(tmp_path / "models" / "tuned"),
+              "--max_length", "64"])
+    prompts = ["Question 3: the fox?", "Question 5"]
+    served = SessionSavedModel(str(tmp_path / "models" / "tuned" / "1")).generate(prompt=prompts, max_new_tokens=5)
+    assert [text.decode() for text in served["completion"]] == in_process(trained, prompts, 5)
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ is a scalar for the whole request or one value per prompt. Bad requests fail wit
 InvalidArgumentError naming the input, which TF Serving returns as HTTP 400 / INVALID_ARGUMENT.
 """
 
+import types
+
 import tensorflow as tf
 
 from gemma3_tf import samplers
@@ -46,15 +48,20 @@ class ServingModule(tf.Module):
         if preprocessor is None:
             raise ValueError("Exporting needs a Gemma3CausalLM with a preprocessor (its tokenizer goes into the "
                              "graph).")
-        self._backbone, self._preprocessor = causal_lm.backbone, preprocessor
-        self._tokenizer = preprocessor.tokenizer
-        self._decoder = Decoder(causal_lm.backbone, pad_token_id=self._tokenizer.pad_token_id)
-        self._decode = self._decoder.decode_compiled if jit_compile else self._decoder.decode
+        # What the functions run, kept out of the saved object graph (a namespace is not tracked). Tracked
+        # keras.Variables would be saved as copies whose handles the functions never read: TF Serving's
+        # session loader restores the copies and the functions then find no variable ("Could not find
+        # variable scale_5"). So, as Keras' own export archive does, the plain tf.Variables under them are
+        # what is saved, with the tokenizer's resources, the vocabulary and the three functions.
+        decoder = Decoder(causal_lm.backbone, pad_token_id=preprocessor.tokenizer.pad_token_id)
+        self._run = types.SimpleNamespace(backbone=causal_lm.backbone, preprocessor=preprocessor,
+                                          tokenizer=preprocessor.tokenizer,
+                                          decode=decoder.decode_compiled if jit_compile else decoder.decode)
         self._max_length, self._jit_compile, self._max_image_bytes = max_length, jit_compile, max_image_bytes
-        self.model_variables = list(causal_lm.backbone.variables)
-        self.tokenizer_resources = list(self._tokenizer.resources)
+        self.model_variables = [variable.value for variable in causal_lm.backbone.variables]
+        self.tokenizer_resources = list(preprocessor.tokenizer.resources)
         self.vocabulary = tf.saved_model.Asset(vocabulary_path)
-        tokenizer = self._tokenizer
+        tokenizer = self._run.tokenizer
         self._stop_ids = tf.constant(
             [tokenizer.end_token_id, tokenizer.end_of_turn_token_id] + [-1] * (MAX_STOP_TOKENS - 2), tf.int32)
         self._hidden_ids = tf.constant(preprocessor.hidden_token_ids, tf.int32)
@@ -94,7 +101,7 @@ class ServingModule(tf.Module):
                         f"`images[{{}}]` holds an image over {self._max_image_bytes} bytes."),
         ]
         with tf.control_dependencies(checks):
-            features = self._preprocessor.serving_features(prompt, images)
+            features = self._run.preprocessor.serving_features(prompt, images)
         token_ids, padding_mask = features["token_ids"], features["padding_mask"]
         lengths = tf.reduce_sum(padding_mask, axis=1)
         room = self._max_length - lengths
@@ -119,7 +126,7 @@ class ServingModule(tf.Module):
         return self._completions(new_ids, max_new_tokens)
 
     def _decode_with_optional_vision(self, token_ids, lengths, max_new_tokens, uniforms, sampling, vision):
-        decode = lambda vision: self._decode(  # noqa: E731
+        decode = lambda vision: self._run.decode(  # noqa: E731
             token_ids, lengths, max_new_tokens, self._stop_ids, uniforms, sampling, vision)
         if vision is None:
             return decode(None)
@@ -133,7 +140,7 @@ class ServingModule(tf.Module):
         num_tokens = tf.minimum(first_stop + 1, max_new_tokens)
         shown = tf.logical_and(positions < num_tokens[:, None],
                                tf.reduce_all(new_ids[:, :, None] != self._hidden_ids[None, None, :], axis=-1))
-        completion = self._tokenizer.detokenize(tf.ragged.boolean_mask(new_ids, shown))
+        completion = self._run.tokenizer.detokenize(tf.ragged.boolean_mask(new_ids, shown))
         return {"completion": completion, "num_tokens": num_tokens}
 
     @staticmethod
@@ -155,7 +162,7 @@ class ServingModule(tf.Module):
     # --- score and embed -----------------------------------------------------------------
     def _hidden_states(self, token_ids, padding_mask):
         """Final hidden states [B, T, D] of right-padded `token_ids` (one full causal pass)."""
-        backbone = self._backbone
+        backbone = self._run.backbone
         shape = [tf.shape(token_ids)[0], tf.shape(token_ids)[1], backbone.num_key_value_heads, backbone.head_dim]
         dtype = backbone.token_embedding.compute_dtype
         cache = [(tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(backbone.num_layers)]
@@ -164,7 +171,7 @@ class ServingModule(tf.Module):
 
     def _text_tokens(self, texts, add_start):
         with tf.control_dependencies([assert_prompts_not_empty(texts)]):
-            return self._preprocessor._tokenize(texts, add_start)
+            return self._run.preprocessor._tokenize(texts, add_start)
 
     def _check_length(self, tokens, what):
         return assert_rows(tokens.row_lengths() <= self._max_length,
@@ -174,10 +181,10 @@ class ServingModule(tf.Module):
     def _score(self, prompt, response):
         """Sum of log p(response tokens | prompt), BOS in front, no EOS after."""
         prompt_tokens = self._text_tokens(prompt, True)
-        response_tokens = self._tokenizer.tokenize(response)
+        response_tokens = self._run.tokenizer.tokenize(response)
         tokens = tf.concat([prompt_tokens, response_tokens], axis=1)
         with tf.control_dependencies([self._check_length(tokens, " with its response")]):
-            token_ids = tf.cast(tokens.to_tensor(self._tokenizer.pad_token_id), tf.int32)
+            token_ids = tf.cast(tokens.to_tensor(self._run.tokenizer.pad_token_id), tf.int32)
         length = tf.shape(token_ids)[1]
         padding_mask = tf.sequence_mask(tokens.row_lengths(), length, dtype=tf.int32)
         is_response = tf.cast(tf.concat([tf.zeros_like(prompt_tokens), tf.ones_like(response_tokens)], axis=1)
@@ -187,7 +194,7 @@ class ServingModule(tf.Module):
 
         def row_log_likelihood(row):  # one row at a time: [T, V] float32 logits, not [B, T, V]
             hidden_row, targets, weights = row
-            log_probs = tf.nn.log_softmax(self._backbone.logits(hidden_row[None, :-1])[0])
+            log_probs = tf.nn.log_softmax(self._run.backbone.logits(hidden_row[None, :-1])[0])
             return tf.reduce_sum(tf.gather(log_probs, targets[1:], batch_dims=1) * weights[1:])
 
         log_likelihood = tf.map_fn(row_log_likelihood, (hidden, token_ids, is_response),
@@ -199,7 +206,7 @@ class ServingModule(tf.Module):
         """Mean of the final (normalized) hidden states over the prompt's tokens, BOS included: [B, D]."""
         tokens = self._text_tokens(prompt, True)
         with tf.control_dependencies([self._check_length(tokens, "")]):
-            token_ids = tf.cast(tokens.to_tensor(self._tokenizer.pad_token_id), tf.int32)
+            token_ids = tf.cast(tokens.to_tensor(self._run.tokenizer.pad_token_id), tf.int32)
         padding_mask = tf.sequence_mask(tokens.row_lengths(), tf.shape(token_ids)[1], dtype=tf.int32)
         hidden = tf.cast(self._hidden_states(token_ids, padding_mask), tf.float32)
         weights = tf.cast(padding_mask, tf.float32)[:, :, None]
