@@ -6,9 +6,10 @@ SavedModel against the same requests through the local TF Serving-compatible ser
 
 Each variant is exported once into `--work_dir` (`gemma3-tf export`, `--jit_compile` for xla) and
 reused on later runs. The server runs as its own process (`python -m serving.server`, batching on),
-as it would in production; the clients run here. Rows:
-- direct: the `serving_default` signature of `tf.saved_model.load(...)` in this process (the function
-  the server calls), one request at a time, every input given.
+with the export's `batching_parameters.txt` (TF Serving's allowed_batch_sizes, which the export's
+warmup records cover), as it would in production; the clients run here. Rows:
+- direct: the `serving_default` signature run in this process through TensorFlow's session loader, as
+  the server runs it, one request at a time.
 - rest / grpc: the same requests one at a time through the server; overhead = p50 / direct p50 - 1.
   The three rows take turns (direct, rest, grpc, direct, ...), so that drift in the machine's speed
   during the run, which is larger than the overhead measured, falls on all three alike.
@@ -71,21 +72,21 @@ def interleaved(calls, count):
 
 
 def direct_call(base, args):
-    """A function sending request `index` to the `serving_default` signature of the SavedModel,
-    loaded in this process; it returns the number of tokens generated."""
+    """A function sending request `index` to the `serving_default` signature of the SavedModel, loaded
+    in this process as the server (and TF Serving) loads it; it returns the number of tokens generated."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (TF Text kernels)
 
-    version = max(int(name) for name in os.listdir(base) if name.isdigit())
-    loaded = tf.saved_model.load(os.path.join(base, str(version)))
+    from gemma3_tf.export import run_signature
 
-    signature = loaded.signatures["serving_default"]
-    defaults = dict(images=tf.constant("", shape=[1, 0]), temperature=tf.constant(0.0), top_k=tf.constant(0),
-                    top_p=tf.constant(1.0), seed=tf.constant(0))
+    version = max(int(name) for name in os.listdir(base) if name.isdigit())
+    session = tf.compat.v1.Session(graph=tf.Graph())
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], os.path.join(base, str(version)))
+    signature = meta_graph.signature_def["serving_default"]
 
     def call(index):
-        result = signature(prompt=tf.constant([PROMPTS[index % len(PROMPTS)]]),
-                           max_new_tokens=tf.constant(args.max_new_tokens), **defaults)
+        result = run_signature(session, signature, {"prompt": [PROMPTS[index % len(PROMPTS)]],
+                                                    "max_new_tokens": [args.max_new_tokens]})
         return int(result["num_tokens"][0])
 
     return call
@@ -93,9 +94,11 @@ def direct_call(base, args):
 
 def start_server(base, name):
     grpc_port, rest_port = free_port(), free_port()
+    batching = os.path.join(os.path.dirname(base), "batching_parameters.txt")
     server = subprocess.Popen([sys.executable, "-m", "serving.server", f"--model_name={name}",
                                f"--model_base_path={base}", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-                               "--enable_batching", "--rest_api_timeout_in_ms=0"])
+                               "--enable_batching", f"--batching_parameters_file={batching}",
+                               "--rest_api_timeout_in_ms=0"])
     from serving.client import RestClient
 
     client = RestClient(f"http://localhost:{rest_port}", name, retries=120, backoff=0.5, timeout=600)

@@ -153,10 +153,12 @@ def main():
             from serving.client import RestClient
 
             grpc_port, rest_port = free_port(), free_port()
+            batching = os.path.join(paths["models"], "batching_parameters.txt")  # written by the export
             process = subprocess.Popen(
                 [sys.executable, "-m", "serving.server", "--model_name=gemma3",
                  f"--model_base_path={os.path.dirname(report['export'])}", f"--port={grpc_port}",
-                 f"--rest_api_port={rest_port}", "--enable_batching", "--rest_api_timeout_in_ms=0"])
+                 f"--rest_api_port={rest_port}", "--enable_batching", f"--batching_parameters_file={batching}",
+                 "--rest_api_timeout_in_ms=0"])
             status = RestClient(f"http://localhost:{rest_port}", "gemma3", retries=60, backoff=0.5).status()
             state = status["model_version_status"][0]
             if state["state"] != "AVAILABLE":

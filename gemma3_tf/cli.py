@@ -137,8 +137,10 @@ def _export(args):
         if causal_lm.preprocessor.text_only:
             raise SystemExit(f"error: --max_images is for models with a vision encoder; {args.preset} has none")
         causal_lm.preprocessor.max_images_per_prompt = args.max_images
+    warmup_shapes = {name: getattr(args, name) for name in ("batch_sizes", "warmup_prompt_tokens")
+                     if getattr(args, name) is not None}
     export_model(causal_lm, args.model_base_path, version=args.version, max_length=args.max_length,
-                 jit_compile=args.jit_compile, warmup=args.warmup)
+                 jit_compile=args.jit_compile, warmup=args.warmup, **warmup_shapes)
 
 
 def _add_export_parser(commands):
@@ -156,6 +158,11 @@ def _add_export_parser(commands):
                              "--xla_cpu_compilation_enabled=true")
     export.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                         help="write assets.extra/tf_serving_warmup_requests")
+    export.add_argument("--batch_sizes", type=int, nargs="+", default=None,
+                        help="TF Serving's allowed_batch_sizes (BASE/batching_parameters.txt), each warmed up "
+                             "(default: 1 2 4 8)")
+    export.add_argument("--warmup_prompt_tokens", type=int, default=None,
+                        help="with --jit_compile: warm up each prompt bucket up to this many tokens (default: 64)")
     export.set_defaults(run=_export)
 
 

@@ -1,8 +1,16 @@
-"""Merges concurrent Predict requests for the same servable and signature into one call.
+"""Merges concurrent Predict requests for the same servable and signature into one call, as
+tensorflow_model_server's BatchingSession does.
 
 No thread of its own: the first request queued for a group leads it, waiting up to the batch
 timeout for others (or until max_batch_size rows are queued), runs the merged call, and hands
-each request its rows of the outputs. Requests that cannot merge run alone, unchanged.
+each request its rows of the outputs. A request takes part only if BatchingSession would take it:
+every input has a batch dimension, all of the same size (a scalar, e.g. a SignatureDef default,
+is refused with TF Serving's message). With `allowed_batch_sizes`, each batch is padded to the
+lowest allowed size that holds it with copies of its last request's first row, so the model sees
+only those batch sizes (the ones the export's warmup records compile). Unlike TF Serving, a
+request larger than max_batch_size runs alone, requests merge only with others of the same
+dimensions after the first, and when a merged call fails each of its requests runs alone, so that
+one bad request fails only itself.
 """
 
 import threading
@@ -14,33 +22,20 @@ import numpy as np
 Tensors = Mapping[str, np.ndarray]
 
 
-def batch_form(inputs: Tensors, any_rank: frozenset) -> tuple[int, dict] | None:
-    """(rows, inputs with a leading batch dim of `rows`), or None if the request can't merge.
+class BatchingError(ValueError):
+    """A request that TF Serving's BatchingSession refuses (its INVALID_ARGUMENT messages)."""
 
-    The batch size is the dim 0 shared by the rank >= 1 inputs. A scalar fed to an input of
-    any rank is broadcast to [rows]: the model broadcasts it itself, so each row sees the same
-    value. An empty [1, ...] input (e.g. a default of no images) becomes [rows, ...]; it has no
-    values to mismatch.
-    """
-    def empty_single(v):
-        return v.ndim >= 1 and v.shape[0] == 1 and v.size == 0
 
-    sizes = {v.shape[0] for v in inputs.values() if v.ndim >= 1 and not empty_single(v)}
-    if not sizes:
-        sizes = {1} if any(empty_single(v) for v in inputs.values()) else set()
+def batch_size(inputs: Tensors) -> int:
+    """The rows of a request, by ComputeTensorBatchSize (tensorflow_serving/batching/batching_util.h)."""
+    if not inputs:
+        raise BatchingError("Batching Run() must have at least one input tensor")
+    if any(value.ndim == 0 for value in inputs.values()):
+        raise BatchingError("Batching Run() input tensors must have at least one dimension")
+    sizes = {value.shape[0] for value in inputs.values()}
     if len(sizes) != 1:
-        return None
-    rows = sizes.pop()
-    batched = {}
-    for alias, value in inputs.items():
-        if value.ndim == 0:
-            if alias not in any_rank:
-                return None
-            value = np.full((rows,), value, dtype=value.dtype)
-        elif value.shape[0] != rows:
-            value = np.empty((rows,) + value.shape[1:], dtype=value.dtype)  # empty_single
-        batched[alias] = value
-    return rows, batched
+        raise BatchingError("Batching Run() input tensors must have equal 0th-dimension size")
+    return sizes.pop()
 
 
 def merge_key(inputs: Tensors) -> tuple:
@@ -49,8 +44,8 @@ def merge_key(inputs: Tensors) -> tuple:
 
 
 class _Request:
-    def __init__(self, inputs: Tensors, rows: int, batched: Tensors):
-        self.inputs, self.rows, self.batched = inputs, rows, batched
+    def __init__(self, inputs: Tensors, rows: int):
+        self.inputs, self.rows = inputs, rows
         self.arrived = time.monotonic()
         self.taken = False  # Out of the queue, into a batch.
         self.done = False
@@ -60,9 +55,13 @@ class _Request:
 
 
 class Batcher:
-    def __init__(self, max_batch_size: int = 8, batch_timeout_micros: int = 2000):
+    def __init__(self, max_batch_size: int = 8, batch_timeout_micros: int = 2000, allowed_batch_sizes=()):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.allowed_batch_sizes = sorted(allowed_batch_sizes)
+        if self.allowed_batch_sizes and self.allowed_batch_sizes[-1] != max_batch_size:
+            raise ValueError(f"the last entry of allowed_batch_sizes ({self.allowed_batch_sizes[-1]}) must equal "
+                             f"max_batch_size ({max_batch_size}), as in TF Serving")
         self.max_batch_size = max_batch_size
         self.timeout = batch_timeout_micros / 1e6
         self._cond = threading.Condition()
@@ -75,18 +74,15 @@ class Batcher:
         with self._cond:
             return dict(self._stats)
 
-    def run(self, group: Hashable, inputs: Tensors, call: Callable[[Tensors], dict],
-            any_rank: frozenset = frozenset()) -> dict:
+    def run(self, group: Hashable, inputs: Tensors, call: Callable[[Tensors], dict]) -> dict:
         """Runs call(inputs), merged with concurrent requests of the same group when possible.
-
-        `group` identifies the servable and signature; `any_rank` names inputs whose
-        SignatureDef shape has unknown rank.
-        """
-        form = batch_form(inputs, any_rank)
-        if form is None or form[0] > self.max_batch_size:
-            return self._call(call, [inputs])[0]
-        request = _Request(inputs, *form)
-        key = (group, merge_key(request.batched))
+        `group` identifies the servable and signature. Raises BatchingError for what TF Serving's
+        batching refuses."""
+        rows = batch_size(inputs)
+        if rows > self.max_batch_size:
+            return self._call(call, [inputs], pad=False)[0]
+        request = _Request(inputs, rows)
+        key = (group, merge_key(inputs))
         batch = self._wait_for_turn(key, request)
         if batch is not None:
             self._run_batch(call, batch)
@@ -125,10 +121,7 @@ class Batcher:
     def _run_batch(self, call, batch: list[_Request]) -> None:
         outputs = None
         try:
-            if len(batch) == 1:
-                outputs = [self._call(call, [batch[0].inputs])[0]]
-            else:
-                outputs = self._call(call, [r.batched for r in batch])
+            outputs = self._call(call, [r.inputs for r in batch])
         except Exception as e:
             if len(batch) == 1:
                 batch[0].error = e
@@ -142,21 +135,26 @@ class Batcher:
                     request.done = True
                 self._cond.notify_all()
 
-    def _call(self, call, requests: list[Tensors]) -> list[dict]:
-        """One model call for the requests, outputs split back along dim 0."""
-        if len(requests) == 1:
+    def _call(self, call, requests: list[Tensors], pad: bool = True) -> list[dict]:
+        """One model call for the requests, padded to an allowed batch size when `pad`; outputs
+        split back along dim 0."""
+        if len(requests) == 1 and not (pad and self.allowed_batch_sizes):
             outputs = call(requests[0])
             self._count(1, 0)
             return [outputs]
         merged = {a: np.concatenate([r[a] for r in requests]) for a in requests[0]}
         rows = [next(iter(r.values())).shape[0] for r in requests]
-        outputs = call(merged)
         total = sum(rows)
-        if any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
+        size = next((s for s in self.allowed_batch_sizes if s >= total), total) if pad else total
+        if size > total:
+            merged = {a: np.concatenate([v, np.repeat(requests[-1][a][:1], size - total, axis=0)])
+                      for a, v in merged.items()}
+        outputs = call(merged)
+        if any(v.ndim == 0 or v.shape[0] != size for v in outputs.values()):
             raise ValueError("outputs are not batched along dim 0; cannot split them")
         self._count(len(requests), total)
-        bounds = np.cumsum(rows)[:-1]
-        split = {a: np.split(v, bounds) for a, v in outputs.items()}
+        bounds = np.cumsum(rows)
+        split = {a: np.split(v, bounds)[:-1] for a, v in outputs.items()}  # the last part is the padding
         return [{a: parts[i] for a, parts in split.items()} for i in range(len(requests))]
 
     def _count(self, requests: int, rows: int) -> None:

@@ -74,13 +74,16 @@ class _Client:
         raise NotImplementedError
 
     def signatures(self) -> dict:
-        """{signature: {"inputs": {alias: numpy dtype}, "outputs": {alias: numpy dtype}}}, cached."""
+        """{signature: {"inputs": {alias: numpy dtype}, "outputs": {alias: numpy dtype},
+        "defaults": {alias: scalar}}}, cached (defaults: the SignatureDef's scalar defaults)."""
         if self._signatures is None:
             signature_defs = self.metadata()["metadata"]["signature_def"]["signature_def"]
             self._signatures = {
-                name: {side: {alias: _NUMPY_DTYPES.get(info.get("dtype"), None)
-                              for alias, info in sig.get(side, {}).items()}
-                       for side in ("inputs", "outputs")}
+                name: {**{side: {alias: _NUMPY_DTYPES.get(info.get("dtype"), None)
+                                 for alias, info in sig.get(side, {}).items()}
+                          for side in ("inputs", "outputs")},
+                       "defaults": {alias: value for alias, proto in sig.get("defaults", {}).items()
+                                    if (value := _scalar(proto)) is not None}}
                 for name, sig in signature_defs.items()}
         return self._signatures
 
@@ -99,20 +102,26 @@ class _Client:
         """Completions for a prompt (-> dict) or a list of prompts (-> list of dicts).
 
         images: for one prompt, a list of encoded JPEG/PNG images (bytes or file paths); for a
-        list of prompts, one such list per prompt. Parameters left None are not sent, so the
-        model's SignatureDef defaults apply.
+        list of prompts, one such list per prompt. Parameters left None take the SignatureDef
+        defaults (read from the model's metadata); every input goes with one value per row.
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
-        inputs = {"prompt": prompts}
+        rows = [[]] * len(prompts)
         if images is not None:
             rows = [images] if single else list(images)
             if len(rows) != len(prompts):
                 raise ValueError(f"images: expected one list per prompt ({len(prompts)}), got {len(rows)}")
-            inputs["images"] = _image_matrix(rows)
+        # Every input, one value per row: tensorflow_model_server's --enable_batching refuses an input
+        # without a batch dimension, and an omitted one would get its (scalar) SignatureDef default.
+        inputs = {"prompt": prompts, "images": _image_matrix(rows)}
+        defaults = self._signature(DEFAULT_SIGNATURE).get("defaults", {})
         params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
                   "top_p": top_p, "seed": seed}
-        inputs.update({k: v for k, v in params.items() if v is not None})
+        for name, value in params.items():
+            value = defaults.get(name) if value is None else value
+            if value is not None:
+                inputs[name] = [value] * len(prompts) if np.ndim(value) == 0 else value
         outputs = self.predict(inputs)
         results = [{"completion": _text(c), "num_tokens": int(n)}
                    for c, n in zip(outputs["completion"], outputs["num_tokens"])]
@@ -146,6 +155,16 @@ def _image_matrix(rows: Sequence) -> list[list[bytes]]:
             for row in rows]
     width = max(len(r) for r in rows)
     return [r + [b""] * (width - len(r)) for r in rows]
+
+
+def _scalar(tensor_proto: dict):
+    """The value of a scalar int/float TensorProto in JSON form, else None."""
+    if tensor_proto.get("tensor_shape", {}).get("dim"):
+        return None
+    for field in ("int_val", "float_val"):
+        if tensor_proto.get(field):
+            return tensor_proto[field][0]
+    return None
 
 
 def _text(value) -> str:

@@ -18,6 +18,8 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import prediction_log_pb2
 
+from serving.batching import BatchingError
+
 log = logging.getLogger("serving")
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -155,13 +157,18 @@ class Servable:
         self._in_flight = 0
         self._idle = threading.Condition()
 
-    def warmup(self) -> int:
-        """Runs the warmup records once each; TF Serving fails the load if one fails, as here."""
+    def warmup(self, batcher=None) -> int:
+        """Runs the warmup records once each, through `batcher` if batching is on (as TF Serving runs
+        them through its BatchingSession); TF Serving fails the load if one fails, as here."""
         requests = read_warmup_requests(self.path)
         for request in requests:
             inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
             signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            self.call(signature_name, self.prepare(signature_name, inputs))
+            full = self.prepare(signature_name, inputs)
+            if batcher is None:
+                self.call(signature_name, full)
+            else:
+                batcher.run((id(self), signature_name), full, lambda tensors: self.call(signature_name, tensors))
         self.warmup_records = len(requests)
         return self.warmup_records
 
@@ -211,11 +218,6 @@ class Servable:
             full[alias] = value
         return full
 
-    def unknown_rank_inputs(self, signature_name: str) -> frozenset:
-        """Inputs of any rank: a scalar there may be broadcast to a batch (see batching)."""
-        sig_def = self.signature(signature_name)
-        return frozenset(a for a, info in sig_def.inputs.items() if info.tensor_shape.unknown_rank)
-
     def call(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the signature on complete, checked inputs (see prepare)."""
         sig_def = self.signature(signature_name)
@@ -254,8 +256,8 @@ class VersionStatus(NamedTuple):
 class ModelManager:
     """One model name: serves the highest complete version under its base path."""
 
-    def __init__(self, name: str, base_path: str):
-        self.name, self.base_path = name, base_path
+    def __init__(self, name: str, base_path: str, batcher=None):
+        self.name, self.base_path, self.batcher = name, base_path, batcher
         self._lock = threading.Lock()
         self._current: Servable | None = None
         self._states: dict[int, VersionStatus] = {}
@@ -288,7 +290,7 @@ class ModelManager:
         servable = None
         try:
             servable = Servable(self.name, target, versions[target])
-            records = servable.warmup()
+            records = servable.warmup(self.batcher)
         except Exception as e:  # Any failure leaves the current version serving.
             if servable is not None:
                 servable.unload()
@@ -345,7 +347,7 @@ class ModelRegistry:
     shared by the REST and gRPC front ends."""
 
     def __init__(self, models: Mapping[str, str], poll_wait_seconds: float = 1.0, batcher=None):
-        self.managers = {name: ModelManager(name, path) for name, path in models.items()}
+        self.managers = {name: ModelManager(name, path, batcher) for name, path in models.items()}
         self.poll_wait_seconds = poll_wait_seconds
         self.batcher = batcher
         self._stop = threading.Event()
@@ -393,8 +395,10 @@ class ModelRegistry:
             full = servable.prepare(signature_name, inputs)
             call: Callable = lambda tensors: servable.call(signature_name, tensors)  # noqa: E731
             if self.batcher is not None:
-                outputs = self.batcher.run((id(servable), signature_name), full, call,
-                                           servable.unknown_rank_inputs(signature_name))
+                try:
+                    outputs = self.batcher.run((id(servable), signature_name), full, call)
+                except BatchingError as e:
+                    raise invalid_argument(str(e)) from e
             else:
                 outputs = call(full)
             version = servable.version

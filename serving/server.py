@@ -21,14 +21,15 @@ class ModelServer:
 
     def __init__(self, models: dict[str, str], port: int | None = 8500, rest_api_port: int | None = 8501,
                  file_system_poll_wait_seconds: float = 1, enable_batching: bool = False,
-                 max_batch_size: int = 8, batch_timeout_micros: int = 2000,
+                 max_batch_size: int = 8, batch_timeout_micros: int = 2000, allowed_batch_sizes=(),
                  rest_api_timeout_in_ms: int = 30000, host: str = "0.0.0.0"):
         from serving.batching import Batcher
         from serving.grpc_service import GrpcServer
         from serving.models import ModelRegistry
         from serving.rest import RestServer
 
-        self.batcher = Batcher(max_batch_size, batch_timeout_micros) if enable_batching else None
+        self.batcher = (Batcher(max_batch_size, batch_timeout_micros, allowed_batch_sizes) if enable_batching
+                        else None)
         self.registry = ModelRegistry(models, file_system_poll_wait_seconds, self.batcher)
         self._grpc = self._rest = None
         try:
@@ -86,7 +87,7 @@ def serve(model_base_path: str | None = None, model_name: str = "default", model
 
     Options are ModelServer's: port / rest_api_port (0 = a free port, None = disabled),
     file_system_poll_wait_seconds, enable_batching, max_batch_size, batch_timeout_micros,
-    rest_api_timeout_in_ms, host.
+    allowed_batch_sizes, rest_api_timeout_in_ms, host.
     """
     if model_config_file:
         models = read_model_config(model_config_file)
@@ -121,15 +122,20 @@ def read_model_config(path: str) -> dict[str, str]:
     return models
 
 
-def read_batching_parameters(path: str) -> dict[str, int]:
-    """max_batch_size / batch_timeout_micros from a text-format BatchingParameters file, which is
-    how tensorflow_model_server takes them (its proto is not in tensorflow-serving-api)."""
+def read_batching_parameters(path: str) -> dict:
+    """max_batch_size / batch_timeout_micros / allowed_batch_sizes from a text-format BatchingParameters
+    file, which is how tensorflow_model_server takes them (its proto is not in tensorflow-serving-api)."""
     with open(path) as f:
-        fields = dict(re.findall(r"(\w+)\s*:?\s*\{\s*value\s*:\s*(\d+)\s*\}", f.read()))
+        text = f.read()
+    fields = dict(re.findall(r"(\w+)\s*:?\s*\{\s*value\s*:\s*(\d+)\s*\}", text))
     ignored = sorted(set(fields) - {"max_batch_size", "batch_timeout_micros"})
     if ignored:
         log.info("Batching parameters ignored by this server: %s", ", ".join(ignored))
-    return {k: int(v) for k, v in fields.items() if k in ("max_batch_size", "batch_timeout_micros")}
+    parameters = {k: int(v) for k, v in fields.items() if k in ("max_batch_size", "batch_timeout_micros")}
+    allowed = [int(size) for size in re.findall(r"allowed_batch_sizes\s*:\s*(\d+)", text)]
+    if allowed:
+        parameters["allowed_batch_sizes"] = allowed
+    return parameters
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -157,6 +163,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
                    help="REST predictions longer than this answer 504 (0: no limit)")
     args = p.parse_args(argv)
+    args.allowed_batch_sizes = []
     if not args.model_base_path and not args.model_config_file:
         p.error("one of --model_base_path or --model_config_file is required")
     if args.model_base_path and args.model_config_file:
@@ -181,7 +188,8 @@ def main(argv=None) -> None:
         rest_api_port=args.rest_api_port or None,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
-        batch_timeout_micros=args.batch_timeout_micros, rest_api_timeout_in_ms=args.rest_api_timeout_in_ms)
+        batch_timeout_micros=args.batch_timeout_micros, allowed_batch_sizes=args.allowed_batch_sizes,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())

@@ -85,7 +85,7 @@ def _warmup_log(signature_name: str, **inputs) -> prediction_log_pb2.PredictionL
     request.model_spec.name = "toy"
     request.model_spec.signature_name = signature_name
     for alias, value in inputs.items():
-        request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
+        request.inputs[alias].CopyFrom(tf.make_tensor_proto(value, dtype=tf.string if alias == "images" else None))
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
 
@@ -121,7 +121,9 @@ def write_toy_model(base_path: str, version: int, tag: str = "v1", scale: float 
     else:
         model = ToyModel(tag, scale)
         signatures = {"serving_default": model.generate, "score": model.score, "embed": model.embed}
-        warmup = [_warmup_log("serving_default", prompt=["warm up"]),
+        # Every input per row, as TF Serving's batching needs (it replays warmup records through it).
+        warmup = [_warmup_log("serving_default", prompt=["warm up"], images=[[]], max_new_tokens=[16],
+                              temperature=[0.0], top_k=[0], top_p=[1.0], seed=[0]),
                   _warmup_log("score", prompt=["a"], response=["b"]),
                   _warmup_log("embed", prompt=["warm"])]
     tf.saved_model.save(model, staging, signatures=signatures)

@@ -15,8 +15,10 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 from gemma3_tf import samplers
-from gemma3_tf.export import (MODELS_CONFIG, WARMUP_FILE, NotServableError, ServingModule, check_servable_ops,
-                              export_model, saved_model_ops)
+from gemma3_tf.export import (BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, NotServableError, ServingModule,
+                              check_servable_ops, export_model, saved_model_ops)
+from serving.server import read_batching_parameters
+from session_savedmodel import SessionSavedModel
 from test_preprocessing import png
 from tiny_exports import PROMPTS, in_process, in_process_ids
 
@@ -48,7 +50,7 @@ def test_greedy_generation_through_tf_servings_loader_in_a_fresh_process_equals_
                     "top_p": 1.0, "seed": 0}},
                 {"signature": "serving_default", "inputs": {"prompt": PROMPTS[1:], "max_new_tokens": [3]}}]
     result = load_like_tf_serving(sys.executable, path, requests)
-    assert result["tensorflow"] == tf.__version__ and result["warmup_records"] == 3
+    assert result["tensorflow"] == tf.__version__ and result["warmup_records"] == 12
     batch, single = result["outputs"]
     assert batch["completion"] == in_process(causal_lm, PROMPTS, 10)
     assert single["completion"] == in_process(causal_lm, PROMPTS[1:], 3)
@@ -130,8 +132,20 @@ def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path,
     assert os.path.basename(path) == "1" and os.path.isfile(os.path.join(path, "assets", "vocabulary.spm"))
     logs = [prediction_log_pb2.PredictionLog.FromString(record.numpy())
             for record in tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE))]
-    assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["serving_default", "score", "embed"]
+    # Each signature at each allowed batch size, every input per row: TF Serving's BatchingSession refuses a
+    # request with an input of rank 0 (a SignatureDef default is one) or with unequal dims 0.
+    assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["serving_default", "score",
+                                                                                   "embed"] * 4
     assert {log.predict_log.request.model_spec.name for log in logs} == {"tiny"}
+    signature_defs = SessionSavedModel(path).signature_defs
+    for log, rows in zip(logs, np.repeat([1, 2, 4, 8], 3)):
+        request = log.predict_log.request
+        expected = signature_defs[request.model_spec.signature_name].inputs
+        assert {alias: proto.dtype for alias, proto in request.inputs.items()} == {
+            alias: info.dtype for alias, info in expected.items()}
+        assert {tf.make_ndarray(proto).shape[0] for proto in request.inputs.values()} == {rows}
+    assert read_batching_parameters(os.path.join(base, BATCHING_PARAMETERS)) == {
+        "max_batch_size": 8, "batch_timeout_micros": 2000, "allowed_batch_sizes": [1, 2, 4, 8]}
     config = text_format.Parse(open(os.path.join(base, MODELS_CONFIG)).read(),
                                model_server_config_pb2.ModelServerConfig())
     assert [(c.name, c.base_path) for c in config.model_config_list.config] == [("tiny", os.path.dirname(path))]
@@ -206,7 +220,6 @@ def test_lora_kept_apart_exports_answer_through_tf_servings_loader_like_in_proce
             "--dtype", dtype] + (["--jit_compile"] if jit_compile else [])
     cli.main(args)
     from gemma3_tf import Gemma3CausalLM
-    from session_savedmodel import SessionSavedModel
 
     causal_lm = Gemma3CausalLM.from_preset(preset, dtype=dtype, progress=False)
     assert causal_lm.backbone.lora_rank == 2

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving import client as client_lib
-from serving.batching import Batcher
+from serving.batching import Batcher, BatchingError
 from serving.client import GrpcClient, RestClient, ServingError
 from serving.models import op_error_message, read_signature_defs
 from serving.rest import response_json
@@ -124,6 +124,21 @@ def test_rest_row_columnar_and_grpc_agree_with_the_saved_model(server, direct):
         assert outputs["num_tokens"].dtype == np.int32
 
 
+def test_clients_send_every_input_one_value_per_row_as_tf_servings_batching_needs(server, monkeypatch):
+    seen = []
+    predict = server.registry.predict
+    monkeypatch.setattr(server.registry, "predict", lambda name, version, signature, inputs, *rest: (
+        seen.append(inputs) or predict(name, version, signature, inputs, *rest)))
+    for client in (RestClient(f"http://localhost:{server.rest_port}", "toy"),
+                   GrpcClient(f"localhost:{server.grpc_port}", "toy")):
+        assert client.generate(["ab", "c"], top_k=3) == [
+            {"completion": expected_completion(p, top_k=3), "num_tokens": len(p)} for p in ("ab", "c")]
+        inputs = seen[-1]
+        assert set(inputs) == {"prompt", "images", "max_new_tokens", "temperature", "top_k", "top_p", "seed"}
+        assert {value.shape[0] for value in inputs.values()} == {2} and inputs["images"].shape == (2, 0)
+        assert inputs["max_new_tokens"].tolist() == [16, 16] and inputs["top_k"].tolist() == [3, 3]
+
+
 def test_score_and_embed_signatures(server, direct):
     prompts, responses = ["a", "bcd"], ["xy", ""]
     want = direct.signatures["score"](prompt=tf.constant(prompts), response=tf.constant(responses))
@@ -181,6 +196,8 @@ def test_status_and_metadata(server, model_base):
 
 
 GOOD = {"inputs": {"prompt": ["ok"]}}
+# One request row with every input, as TF Serving's batching needs: the defaults of expected_completion.
+FULL_ROW = {"images": [[]], "max_new_tokens": [16], "temperature": [0.0], "top_k": [0], "top_p": [1.0], "seed": [0]}
 
 BAD_REQUESTS = [  # (path, body, HTTP status, words the error must contain)
     (":predict", b'{"inputs": {"prompt": ["a"]', 400, ["JSON Parse error"]),
@@ -348,6 +365,15 @@ def test_concurrent_clients_are_batched(batching_server):
     assert stats["max_rows_per_call"] <= 8
 
 
+def test_batching_refuses_what_tf_servings_batching_session_refuses(batching_server):
+    for inputs, message in [({"prompt": ["ok"]}, "must have at least one dimension"),  # scalar defaults
+                            (dict(FULL_ROW, prompt=["a", "b"]), "must have equal 0th-dimension size")]:
+        response = requests.post(rest_url(batching_server), json={"inputs": inputs})
+        assert response.status_code == 400 and message in response.json()["error"]
+    response = requests.post(rest_url(batching_server), json={"inputs": dict(FULL_ROW, prompt=["ok"])})
+    assert response.json()["outputs"]["completion"] == [expected_completion("ok")]
+
+
 def test_batched_bad_request_fails_only_itself(batching_server):
     barrier = threading.Barrier(6)
     results = {}
@@ -355,7 +381,7 @@ def test_batched_bad_request_fails_only_itself(batching_server):
     def send(i):
         prompt = "" if i == 0 else f"p{i}"
         barrier.wait()
-        results[i] = requests.post(rest_url(batching_server), json={"inputs": {"prompt": [prompt]}})
+        results[i] = requests.post(rest_url(batching_server), json={"inputs": dict(FULL_ROW, prompt=[prompt])})
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
     for t in threads:
@@ -367,7 +393,7 @@ def test_batched_bad_request_fails_only_itself(batching_server):
         assert results[i].json()["outputs"]["completion"] == [expected_completion(f"p{i}")]
 
 
-def test_batcher_merges_broadcasts_scalars_and_splits():
+def test_batcher_merges_and_splits_and_runs_each_request_alone_when_a_merged_call_fails():
     calls = []
 
     def call(inputs):
@@ -377,14 +403,14 @@ def test_batcher_merges_broadcasts_scalars_and_splits():
         return {"y": np.char.add(inputs["x"].astype(bytes), inputs["n"].astype(bytes)).astype(object)}
 
     batcher = Batcher(max_batch_size=4, batch_timeout_micros=500_000)
-    requests_ = [{"x": np.array([b"a", b"b"], object), "n": np.array(1, np.int32)},
+    requests_ = [{"x": np.array([b"a", b"b"], object), "n": np.array([1, 1], np.int32)},
                  {"x": np.array([b"c"], object), "n": np.array([2], np.int32)},
-                 {"x": np.array([b"bad"], object), "n": np.array(3, np.int32)}]
+                 {"x": np.array([b"bad"], object), "n": np.array([3], np.int32)}]
     results = [None] * 3
 
     def run(i):
         try:
-            results[i] = batcher.run("g", requests_[i], call, frozenset({"n"}))["y"].tolist()
+            results[i] = batcher.run("g", requests_[i], call)["y"].tolist()
         except ValueError as e:
             results[i] = str(e)
 
@@ -394,12 +420,43 @@ def test_batcher_merges_broadcasts_scalars_and_splits():
     for t in threads:
         t.join()
     assert results == [[b"a1", b"b1"], [b"c2"], "bad row"]
-    merged = calls[0]
-    assert merged["x"].shape == (4,) and merged["n"].shape == (4,)  # Scalars broadcast per row.
+    assert calls[0]["x"].shape == (4,)  # merged
     assert len(calls) == 4  # The merged call failed, so each request ran alone.
     assert batcher.stats()["merged_calls"] == 0
-    big = {"x": np.array([b"a"] * 5, object), "n": np.array(1, np.int32)}  # Above max_batch_size: alone.
-    assert len(batcher.run("g", big, lambda t: {"y": t["x"]}, frozenset({"n"}))["y"]) == 5
+    big = {"x": np.array([b"a"] * 5, object), "n": np.array([1] * 5, np.int32)}  # Above max_batch_size: alone.
+    assert len(batcher.run("g", big, lambda t: {"y": t["x"]})["y"]) == 5
+    with pytest.raises(BatchingError, match="at least one dimension"):
+        batcher.run("g", {"x": np.array([b"a"], object), "n": np.array(1, np.int32)}, call)
+
+
+def test_batches_are_padded_to_allowed_batch_sizes_with_the_last_requests_first_row():
+    seen = []
+
+    def call(inputs):
+        seen.append(inputs["x"].tolist())
+        return {"y": np.char.add(inputs["x"].astype(bytes), b"!").astype(object)}
+
+    with pytest.raises(ValueError, match="must equal max_batch_size"):
+        Batcher(max_batch_size=8, allowed_batch_sizes=[1, 2, 4])
+    batcher = Batcher(max_batch_size=4, batch_timeout_micros=500_000, allowed_batch_sizes=[1, 2, 4])
+    barrier = threading.Barrier(2)
+    results = {}
+
+    def run(name, rows):
+        barrier.wait()
+        time.sleep(0.05 if name == "second" else 0)  # so that "first" leads the batch
+        results[name] = batcher.run("g", {"x": np.array(rows, object)}, call)["y"].tolist()
+
+    threads = [threading.Thread(target=run, args=("first", [b"a", b"b"])),
+               threading.Thread(target=run, args=("second", [b"c"]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"first": [b"a!", b"b!"], "second": [b"c!"]}
+    assert seen == [[b"a", b"b", b"c", b"c"]]  # 3 rows padded to 4 with "c", the padding's outputs dropped
+    assert batcher.run("g", {"x": np.array([b"d"] * 3, object)}, call)["y"].tolist() == [b"d!"] * 3
+    assert seen[-1] == [b"d"] * 4
 
 
 class _StubHandler(http.server.BaseHTTPRequestHandler):
@@ -481,7 +538,7 @@ def test_stop_leaves_no_threads(model_base):
     server = serve(model_base_path=model_base, model_name="toy", port=0, rest_api_port=0,
                    file_system_poll_wait_seconds=0.1, enable_batching=True)
     session = requests.Session()  # Keep-alive: its connection's thread must end too.
-    assert session.post(rest_url(server), json=GOOD).status_code == 200
+    assert session.post(rest_url(server), json={"inputs": dict(FULL_ROW, prompt=["ok"])}).status_code == 200
     assert GrpcClient(f"localhost:{server.grpc_port}", "toy").generate("x")["num_tokens"] == 1
     server.stop()
     deadline = time.monotonic() + 5
@@ -517,10 +574,11 @@ def test_rest_predictions_past_the_timeout_answer_504(model_base, monkeypatch):
 def test_server_flags(tmp_path):
     batching = tmp_path / "batching.config"
     batching.write_text("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 500 }\n"
-                        "num_batch_threads { value: 4 }\n")
+                        "num_batch_threads { value: 4 }\nallowed_batch_sizes: 8\nallowed_batch_sizes: 32\n")
     args = parse_args(["--model_name=m", "--model_base_path=/m", "--enable_batching",
                        f"--batching_parameters_file={batching}", "--rest_api_port=0"])
     assert (args.enable_batching, args.max_batch_size, args.batch_timeout_micros) == (True, 32, 500)
+    assert args.allowed_batch_sizes == [8, 32]
     assert (args.port, args.rest_api_port, args.file_system_poll_wait_seconds) == (8500, 0, 1)
     with pytest.raises(SystemExit):
         parse_args(["--model_name=m"])

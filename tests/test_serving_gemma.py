@@ -9,8 +9,9 @@ import pytest
 import requests
 
 from gemma3_tf import cli
+from gemma3_tf.export import BATCHING_PARAMETERS
 from serving.client import GrpcClient, RestClient, ServingError
-from serving.server import serve
+from serving.server import read_batching_parameters, serve
 from test_preprocessing import png
 from tiny_exports import PROMPTS, in_process
 
@@ -19,7 +20,18 @@ from tiny_exports import PROMPTS, in_process
 def text_server(tiny_text_export):
     causal_lm, path = tiny_text_export
     with serve(model_base_path=os.path.dirname(path), model_name="tiny", port=0, rest_api_port=0,
-               enable_batching=True, file_system_poll_wait_seconds=0) as server:
+               file_system_poll_wait_seconds=0) as server:
+        server.wait_until_ready()
+        yield causal_lm, server
+
+
+@pytest.fixture(scope="module")
+def batching_text_server(tiny_text_export):
+    """With the export's batching_parameters.txt, as tensorflow_model_server takes it."""
+    causal_lm, path = tiny_text_export
+    parameters = read_batching_parameters(os.path.join(os.path.dirname(os.path.dirname(path)), BATCHING_PARAMETERS))
+    with serve(model_base_path=os.path.dirname(path), model_name="tiny", port=0, rest_api_port=0,
+               enable_batching=True, file_system_poll_wait_seconds=0, **parameters) as server:
         server.wait_until_ready()
         yield causal_lm, server
 
@@ -45,8 +57,9 @@ def test_rest_and_grpc_completions_equal_the_in_process_model(text_server):
     assert {"serving_default", "score", "embed"} <= set(signatures)
 
 
-def test_concurrent_clients_all_succeed(text_server):
-    causal_lm, server = text_server
+def test_concurrent_clients_all_succeed_through_tf_serving_style_batching(batching_text_server):
+    causal_lm, server = batching_text_server
+    assert server.registry.managers["tiny"].current.warmup_records == 12  # replayed through the batcher
     expected = dict(zip(PROMPTS, in_process(causal_lm, PROMPTS, 4)))
 
     def client_session(number):
@@ -58,6 +71,10 @@ def test_concurrent_clients_all_succeed(text_server):
     for number, results in enumerate(sessions):
         assert [r["completion"] for r in results] == [expected[PROMPTS[(number + i) % 2]] for i in range(20)]
     assert server.batcher.stats()["merged_calls"] > 0
+    # What TF Serving's batching refuses: an omitted input takes its scalar SignatureDef default.
+    response = requests.post(f"http://localhost:{server.rest_port}/v1/models/tiny:predict",
+                             json={"inputs": {"prompt": ["x"]}}, timeout=120)
+    assert response.status_code == 400 and "must have at least one dimension" in response.json()["error"]
 
 
 @pytest.mark.parametrize("inputs, status, message", [

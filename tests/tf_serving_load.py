@@ -52,8 +52,10 @@ def main(path, requests):
         if os.path.exists(os.path.join(path, WARMUP_FILE)):
             for record in tf.compat.v1.io.tf_record_iterator(os.path.join(path, WARMUP_FILE)):
                 request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-                run(session, signature_defs[request.model_spec.signature_name or "serving_default"],
-                    {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()})
+                signature_def = signature_defs[request.model_spec.signature_name or "serving_default"]
+                for alias, proto in request.inputs.items():  # TF Serving refuses a tensor of another dtype
+                    assert proto.dtype == signature_def.inputs[alias].dtype, (alias, proto.dtype)
+                run(session, signature_def, {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()})
                 warmup += 1
         outputs = [{alias: jsonable(value) for alias, value in
                     run(session, signature_defs[request["signature"]],

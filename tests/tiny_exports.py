@@ -67,5 +67,6 @@ def make_text_export(proto, base_path):
 
 def make_vision_export(proto, base_path):
     causal_lm = tiny_lm(proto, vision=True, seed=1)
+    # Fewer warmup shapes than the default, each an XLA compile whenever the version loads.
     return causal_lm, export_model(causal_lm, os.path.join(base_path, "tiny_vision"), max_length=96,
-                                   jit_compile=True)
+                                   jit_compile=True, batch_sizes=(1, 2), warmup_prompt_tokens=32)

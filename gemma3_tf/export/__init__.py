@@ -6,29 +6,33 @@ import time
 
 import tensorflow as tf
 
-from gemma3_tf.export.layout import MODELS_CONFIG, WARMUP_FILE, versions, write_models_config
-from gemma3_tf.export.layout import write_version, write_warmup_requests
+from gemma3_tf.export.layout import BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, versions
+from gemma3_tf.export.layout import write_batching_parameters, write_models_config, write_version, write_warmup_requests
 from gemma3_tf.export.op_check import check_servable_ops, foreign_ops, saved_model_ops
 from gemma3_tf.export.session_check import NotServableError, check_session_path, run_signature
 from gemma3_tf.export.signatures import MAX_IMAGE_BYTES, ServingModule
+from gemma3_tf.export.warmup import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP_PROMPT_TOKENS, check_requests, warmup_requests
 from gemma3_tf.tokenizer import VOCAB_FILENAME
 
 __all__ = ["export_model", "ServingModule", "check_servable_ops", "check_session_path", "foreign_ops",
-           "run_signature", "saved_model_ops", "versions", "write_models_config", "MODELS_CONFIG",
-           "NotServableError", "WARMUP_FILE"]
+           "run_signature", "saved_model_ops", "versions", "write_models_config", "BATCHING_PARAMETERS",
+           "MODELS_CONFIG", "NotServableError", "WARMUP_FILE"]
 
 
 def export_model(causal_lm, model_base_path, version=None, max_length=2048, jit_compile=False,
-                 max_image_bytes=MAX_IMAGE_BYTES, warmup=True, log=print):
+                 max_image_bytes=MAX_IMAGE_BYTES, warmup=True, batch_sizes=DEFAULT_BATCH_SIZES,
+                 warmup_prompt_tokens=DEFAULT_WARMUP_PROMPT_TOKENS, log=print):
     """Exports `causal_lm` (with its preprocessor) as `model_base_path/VERSION/` for TF Serving.
 
     Args:
         model_base_path: `BASE/NAME`; NAME is the model name clients use. `BASE/models.config`
-            is (re)written to list every model under BASE.
+            is (re)written to list every model under BASE, and `BASE/batching_parameters.txt` to
+            allow `batch_sizes`.
         version: an int; default one above the highest present (1 for the first).
         max_length: most tokens per request row, prompt and new tokens together.
         jit_compile: XLA for the decode loop (see `ServingModule`).
-        warmup: write `assets.extra/tf_serving_warmup_requests` (one request per signature).
+        warmup: write `assets.extra/tf_serving_warmup_requests`: each signature at each of
+            `batch_sizes` (and, with XLA, each prompt bucket up to `warmup_prompt_tokens`).
     Returns: the version directory. Before it gets its final name, the version is loaded as TF Serving
     loads it and answers the warmup requests (written or not); a version that does not is deleted
     and NotServableError says why.
@@ -43,29 +47,20 @@ def export_model(causal_lm, model_base_path, version=None, max_length=2048, jit_
         with open(vocabulary, "wb") as file:
             file.write(causal_lm.preprocessor.tokenizer.proto)
         module = ServingModule(causal_lm, max_length, jit_compile, vocabulary, max_image_bytes)
-        requests = warmup_requests(causal_lm.backbone.vision_encoder is not None)
+        vision = causal_lm.backbone.vision_encoder is not None
 
         def write(directory):
             tf.saved_model.save(module, directory, signatures=module.signatures)
             check_servable_ops(directory)
-            check_session_path(directory, requests)
+            signature_defs = check_session_path(directory, check_requests(vision))
             if warmup:
-                write_warmup_requests(directory, os.path.basename(model_base_path), requests)
+                requests = warmup_requests(causal_lm.preprocessor.tokenizer, vision, jit_compile, batch_sizes,
+                                           warmup_prompt_tokens)
+                write_warmup_requests(directory, os.path.basename(model_base_path), requests, signature_defs)
 
         path = write_version(model_base_path, int(version), write)
     write_models_config(os.path.dirname(model_base_path))
+    write_batching_parameters(os.path.dirname(model_base_path), batch_sizes)
     log(f"Exported {path} in {time.time() - start:.1f} s (signatures: {', '.join(module.signatures)}; "
         f"XLA {'on' if jit_compile else 'off'}).")
     return path
-
-
-def warmup_requests(vision):
-    """One small request per signature (and one with an image for a vision model), so that a server's
-    first real request finds every function and branch traced, and the export check runs them all."""
-    requests = [("serving_default", {"prompt": ["Hello"], "max_new_tokens": [2]}),
-                ("score", {"prompt": ["Hello"], "response": [" world"]}),
-                ("embed", {"prompt": ["Hello"]})]
-    if vision:
-        image = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
-        requests.append(("serving_default", {"prompt": ["Describe"], "images": [[image]], "max_new_tokens": [2]}))
-    return requests

@@ -1,4 +1,5 @@
-"""TF Serving's directory layout: `BASE/NAME/VERSION/` with warmup records, and `BASE/models.config`.
+"""TF Serving's directory layout: `BASE/NAME/VERSION/` with warmup records, `BASE/models.config` and
+`BASE/batching_parameters.txt`.
 
 A version directory is written under a temporary name and renamed when complete, so a server
 polling `BASE/NAME` never loads half of one.
@@ -10,6 +11,7 @@ import tensorflow as tf
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG = "models.config"
+BATCHING_PARAMETERS = "batching_parameters.txt"
 
 
 def versions(model_base_path):
@@ -37,9 +39,10 @@ def write_version(model_base_path, version, write):
     return final
 
 
-def write_warmup_requests(export_dir, model_name, requests):
+def write_warmup_requests(export_dir, model_name, requests, signature_defs):
     """`requests`: [(signature_name, {input: value})] -> `assets.extra/tf_serving_warmup_requests`,
-    the PredictionLog records TF Serving replays before it marks a version available."""
+    the PredictionLog records TF Serving replays before it marks a version available. Each tensor has
+    its SignatureDef input's dtype (TF Serving refuses any other, and `[[]]` alone would be float)."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     path = os.path.join(export_dir, WARMUP_FILE)
@@ -50,7 +53,8 @@ def write_warmup_requests(export_dir, model_name, requests):
             request.model_spec.name = model_name
             request.model_spec.signature_name = signature_name
             for key, value in inputs.items():
-                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+                dtype = tf.dtypes.as_dtype(signature_defs[signature_name].inputs[key].dtype)
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     return path
@@ -67,4 +71,18 @@ def write_models_config(base_path):
     path = os.path.join(base_path, MODELS_CONFIG)
     with tf.io.gfile.GFile(path, "w") as file:
         file.write(f"model_config_list {{\n{entries}}}\n")
+    return path
+
+
+def write_batching_parameters(base_path, allowed_batch_sizes, batch_timeout_micros=2000):
+    """`base_path/batching_parameters.txt` for `tensorflow_model_server --enable_batching
+    --batching_parameters_file=...` (BatchingParameters text format). TF Serving pads each merged
+    batch to the lowest of `allowed_batch_sizes` that holds it, the shapes the warmup records cover.
+    `pad_variable_length_inputs` stays off: it would pad `images` with a copy of a real image."""
+    sizes = sorted(set(int(size) for size in allowed_batch_sizes))
+    lines = [f"max_batch_size {{ value: {sizes[-1]} }}", f"batch_timeout_micros {{ value: {batch_timeout_micros} }}"]
+    lines += [f"allowed_batch_sizes: {size}" for size in sizes]
+    path = os.path.join(base_path, BATCHING_PARAMETERS)
+    with tf.io.gfile.GFile(path, "w") as file:
+        file.write("\n".join(lines) + "\n")
     return path

@@ -27,8 +27,8 @@ def run_signature(session, signature_def, inputs):
 def check_session_path(export_dir, requests):
     """Loads `export_dir` with TensorFlow's session loader and runs `requests` ([(signature, inputs)]).
 
-    Raises NotServableError naming the step and the op that failed, e.g. a variable that the
-    restore op never created.
+    Returns the SignatureDefs. Raises NotServableError naming the step and the op that failed, e.g.
+    a variable that the restore op never created.
     """
     with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
         try:
@@ -44,6 +44,7 @@ def check_session_path(export_dir, requests):
                 raise NotServableError(
                     f"{export_dir}: signature '{signature_name}' fails through TF Serving's session path: "
                     f"{_first_line(error)}") from error
+    return dict(meta_graph.signature_def)
 
 
 def _first_line(error):

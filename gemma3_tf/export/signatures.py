@@ -16,6 +16,8 @@ from gemma3_tf.generation import MAX_STOP_TOKENS, MIN_BUCKET, Decoder, call_with
 from gemma3_tf.preprocessing import assert_prompts_not_empty, assert_rows
 
 MAX_IMAGE_BYTES = 20 << 20
+# The SignatureDef defaults of the generation parameters (TF Serving fills omitted inputs with them).
+GENERATE_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
 
 
 def _power_of_two_at_least(value, limit):
@@ -66,9 +68,11 @@ class ServingModule(tf.Module):
             [tokenizer.end_token_id, tokenizer.end_of_turn_token_id] + [-1] * (MAX_STOP_TOKENS - 2), tf.int32)
         self._hidden_ids = tf.constant(preprocessor.hidden_token_ids, tf.int32)
 
-        def generate(prompt, images=tf.constant("", shape=[1, 0]), max_new_tokens=tf.constant(64),
-                     temperature=tf.constant(0.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
-                     seed=tf.constant(0)):
+        defaults = {name: tf.constant(value) for name, value in GENERATE_DEFAULTS.items()}
+
+        def generate(prompt, images=tf.constant("", shape=[1, 0]), max_new_tokens=defaults["max_new_tokens"],
+                     temperature=defaults["temperature"], top_k=defaults["top_k"], top_p=defaults["top_p"],
+                     seed=defaults["seed"]):
             return self._generate(prompt, images, max_new_tokens, temperature, top_k, top_p, seed)
 
         self.generate = tf.function(generate, input_signature=[
@@ -111,7 +115,10 @@ class ServingModule(tf.Module):
                 f"exceed the max_length={self._max_length} of this export.")]):
             capacity = tf.reduce_max(max_new_tokens)
         if self._jit_compile:  # few shapes, so few compiles: pad lengths to powers of two
-            capacity = _power_of_two_at_least(capacity, self._max_length)
+            # Room for at least the default number of new tokens: every request up to it runs the shape
+            # that the warmup records compile (the loop still stops at each row's max_new_tokens).
+            capacity = _power_of_two_at_least(tf.maximum(capacity, GENERATE_DEFAULTS["max_new_tokens"]),
+                                              self._max_length)
             bucket = _power_of_two_at_least(tf.shape(token_ids)[1], self._max_length)
             token_ids = tf.pad(token_ids, [[0, 0], [0, bucket - tf.shape(token_ids)[1]]])
             if "vision_mask" in features:
