@@ -34,8 +34,8 @@ def export_model(causal_lm, model_base_path, version=None, max_length=2048, jit_
         warmup: write `assets.extra/tf_serving_warmup_requests`: each signature at each of
             `batch_sizes` (and, with XLA, each prompt bucket up to `warmup_prompt_tokens`).
     Returns: the version directory. Before it gets its final name, the version is loaded as TF Serving
-    loads it and answers the warmup requests (written or not); a version that does not is deleted
-    and NotServableError says why.
+    loads it and answers one request per signature (and one with an image); a version that does not
+    is deleted and NotServableError says why.
     """
     start = time.time()
     model_base_path = os.path.abspath(model_base_path)

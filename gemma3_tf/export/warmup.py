@@ -1,9 +1,9 @@
 """The requests an export is checked with and the warmup records TF Serving replays before serving it.
 
 With `--enable_batching`, tensorflow_model_server runs requests, warmup ones included, through its
-BatchingSession, which refuses an input without a batch dimension ("Batching session Run() input
-tensors must have at least one dimension"): a SignatureDef default is a scalar, so every record gives
-every input, one value per row. Its `allowed_batch_sizes` pad each merged batch to one of those sizes,
+BatchingSession, which refuses an input without a batch dimension ("Batching Run() input tensors
+must have at least one dimension"): a SignatureDef default is a scalar, so every record gives every
+input, one value per row. Its `allowed_batch_sizes` pad each merged batch to one of those sizes,
 so one record per allowed size covers every shape a live request can take; an XLA export also
 compiles once per prompt-length bucket (powers of two from MIN_BUCKET), so it gets one record per
 (batch size, bucket) up to `prompt_tokens`.
