@@ -158,10 +158,10 @@ def _image_matrix(rows: Sequence) -> list[list[bytes]]:
 
 
 def _scalar(tensor_proto: dict):
-    """The value of a scalar int/float TensorProto in JSON form, else None."""
-    if tensor_proto.get("tensor_shape", {}).get("dim"):
+    """The value of a scalar int/float TensorProto in JSON form (proto or JSON field names), else None."""
+    if (tensor_proto.get("tensor_shape") or tensor_proto.get("tensorShape") or {}).get("dim"):
         return None
-    for field in ("int_val", "float_val"):
+    for field in ("int_val", "intVal", "float_val", "floatVal"):
         if tensor_proto.get(field):
             return tensor_proto[field][0]
     return None

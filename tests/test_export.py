@@ -20,7 +20,7 @@ from gemma3_tf.export import (BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, N
 from serving.server import read_batching_parameters
 from session_savedmodel import SessionSavedModel
 from test_preprocessing import png
-from tiny_exports import PROMPTS, in_process, in_process_ids
+from tiny_exports import PROMPTS, in_process, in_process_ids, tiny_lm
 
 
 TF_SERVING_LOAD = os.path.join(os.path.dirname(__file__), "tf_serving_load.py")
@@ -168,7 +168,8 @@ def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path,
 
     monkeypatch.setattr(ServingModule, "__init__", tracking_keras_variables)
     with pytest.raises(NotServableError, match=r"serving_default.*TF Serving's session path: Could not find variable"):
-        export_model(causal_lm, tmp_path / "models" / "tiny", max_length=48)
+        export_model(tiny_lm(causal_lm.preprocessor.tokenizer.proto, num_layers=2), tmp_path / "models" / "tiny",
+                     max_length=48)
     assert sorted(os.listdir(tmp_path / "models" / "tiny")) == ["1"]
     monkeypatch.undo()
     # A new export goes next to the highest version, and the checker does refuse Python callbacks.
@@ -207,9 +208,8 @@ def test_vision_export_with_xla_takes_image_bytes_like_the_in_process_model(tiny
 def test_lora_kept_apart_exports_answer_through_tf_servings_loader_like_in_process(
         tiny_proto, tmp_path, vision, jit_compile, dtype):
     from gemma3_tf import cli
-    from tiny_exports import tiny_lm
 
-    trained = tiny_lm(tiny_proto, vision=vision, seed=2)
+    trained = tiny_lm(tiny_proto, vision=vision, seed=2, num_layers=2)  # 2 layers: every export traces them all
     trained.backbone.enable_lora(2)
     for weight in trained.backbone.weights:  # LoRA's B starts at zero: give the adapters an effect
         if "lora_kernel_b" in weight.path:

@@ -61,6 +61,6 @@ def test_vision_export_with_xla_loads_and_generates_from_image_bytes_under_tf_2_
         "prompt": PROMPTS, "images": [[{"b64": base64.b64encode(image).decode()}], [{"b64": ""}]],
         "max_new_tokens": 6}}]
     result = load_like_tf_serving(tf_2_20_python, path, requests)
-    assert result["tensorflow"] == "2.20.0" and result["warmup_records"] == 10  # 2 batch sizes x 5
+    assert result["tensorflow"] == "2.20.0" and result["warmup_records"] == 8  # 2 batch sizes x 4
     expected = in_process(causal_lm, ["<start_of_image>" + PROMPTS[0], PROMPTS[1]], 6, images=[[image], []])
     assert result["outputs"][0]["completion"] == expected

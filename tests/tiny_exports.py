@@ -18,8 +18,8 @@ from keras_hub_oracle import TEXT_CONFIG, VISION_CONFIG, randomize
 PROMPTS = ["Hello world", "The quick brown fox jumps over the lazy"]
 
 
-def tiny_lm(proto, vision=False, seed=0):
-    config = dict(TEXT_CONFIG, vocabulary_size=400, final_logit_soft_cap=None)
+def tiny_lm(proto, vision=False, seed=0, **config_overrides):
+    config = dict(TEXT_CONFIG, vocabulary_size=400, final_logit_soft_cap=None, **config_overrides)
     encoder = gemma3_tf.Gemma3VisionEncoder(**VISION_CONFIG) if vision else None
     backbone = gemma3_tf.Gemma3Backbone(**config, vision_encoder=encoder)
     randomize(backbone, seed=seed, scale=0.5)
@@ -67,6 +67,6 @@ def make_text_export(proto, base_path):
 
 def make_vision_export(proto, base_path):
     causal_lm = tiny_lm(proto, vision=True, seed=1)
-    # Fewer warmup shapes than the default, each an XLA compile whenever the version loads.
+    # Fewer warmup shapes than the default (one prompt bucket), each an XLA compile whenever the version loads.
     return causal_lm, export_model(causal_lm, os.path.join(base_path, "tiny_vision"), max_length=96,
-                                   jit_compile=True, batch_sizes=(1, 2), warmup_prompt_tokens=32)
+                                   jit_compile=True, batch_sizes=(1, 2), warmup_prompt_tokens=16)
