@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from gemma3_tf import checkpoints
+from gemma3_tf import checkpoints, filesystem
 from gemma3_tf.checkpoints import keras_preset
 from gemma3_tf.input_validation import validate_inputs
 from gemma3_tf.layers import Gemma3DecoderBlock, Gemma3InterleaveEmbeddings, RMSNormalization
@@ -282,21 +282,22 @@ class Gemma3Backbone(keras.Model):
         writes the base weights and the adapters apart (`lora_adapters.h5`), and `from_preset`
         then gives the LoRA model back.
         """
-        adapters = keras_preset.lora_weights(self)
-        if merge_lora or not adapters:
-            keras_preset.save_backbone(self, preset_dir, max_shard_size=max_shard_size)
-            return
-        # With the second factors at zero, the merged kernels Keras writes are the base kernels exactly.
-        factors_b = [weight for weight in adapters if weight.path.endswith("lora_kernel_b")]
-        values = [weight.numpy() for weight in factors_b]
-        try:
-            for weight in factors_b:
-                weight.assign(tf.zeros(weight.shape, weight.dtype))
-            keras_preset.save_backbone(self, preset_dir, max_shard_size=max_shard_size)
-        finally:
-            for weight, value in zip(factors_b, values):
-                weight.assign(value)
-        keras_preset.save_lora(self, os.path.join(preset_dir, keras_preset.LORA_FILE))
+        with filesystem.local_directory(preset_dir) as local_dir:  # gs://... included
+            adapters = keras_preset.lora_weights(self)
+            if merge_lora or not adapters:
+                keras_preset.save_backbone(self, local_dir, max_shard_size=max_shard_size)
+                return
+            # With the second factors at zero, the merged kernels Keras writes are the base kernels exactly.
+            factors_b = [weight for weight in adapters if weight.path.endswith("lora_kernel_b")]
+            values = [weight.numpy() for weight in factors_b]
+            try:
+                for weight in factors_b:
+                    weight.assign(tf.zeros(weight.shape, weight.dtype))
+                keras_preset.save_backbone(self, local_dir, max_shard_size=max_shard_size)
+            finally:
+                for weight, value in zip(factors_b, values):
+                    weight.assign(value)
+            keras_preset.save_lora(self, os.path.join(local_dir, keras_preset.LORA_FILE))
 
 
 def _build_zero_initialized(build):

@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 
-from gemma3_tf import checkpoints, samplers
+from gemma3_tf import checkpoints, filesystem, samplers
 from gemma3_tf.backbone import Gemma3Backbone
 from gemma3_tf.generation import GEMMA_STOP_TOKEN_IDS, Decoder
 from gemma3_tf.preprocessing import Gemma3CausalLMPreprocessor
@@ -63,9 +63,10 @@ class Gemma3CausalLM(keras.Model):
     def save_to_preset(self, preset_dir, max_shard_size=10, merge_lora=True):
         """Writes a keras-hub preset directory: the backbone, and the preprocessor's files when it has one.
         `merge_lora=False` keeps LoRA adapters apart from the base weights (see `Gemma3Backbone`)."""
-        self.backbone.save_to_preset(preset_dir, max_shard_size=max_shard_size, merge_lora=merge_lora)
-        if self.preprocessor is not None:
-            self.preprocessor.save_to_preset(preset_dir)
+        with filesystem.local_directory(preset_dir) as local_dir:  # one copy to gs://... at the end
+            self.backbone.save_to_preset(local_dir, max_shard_size=max_shard_size, merge_lora=merge_lora)
+            if self.preprocessor is not None:
+                self.preprocessor.save_to_preset(local_dir)
 
     def compile(self, *args, sampler="greedy", **kwargs):
         """Keras `compile`, plus the `sampler` that `generate` uses (a name or a `gemma3_tf.samplers` instance)."""

@@ -43,6 +43,7 @@ def _generate(args):
     import time
 
     import numpy as np
+    import tensorflow as tf
 
     import gemma3_tf
     from gemma3_tf import samplers
@@ -59,7 +60,7 @@ def _generate(args):
     prompt = chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     images = []
     for path in args.image:
-        with open(path, "rb") as file:
+        with tf.io.gfile.GFile(path, "rb") as file:  # gs://... too
             images.append(file.read())
     prompt = images_in_front(prompt, len(images))
     inputs = {"prompts": [prompt], "images": [images]} if images else [prompt]
@@ -169,14 +170,17 @@ def _add_export_parser(commands):
 def _train(args):
     from gemma3_tf import training
 
-    training.train(
-        args.preset, args.train_data, args.output_dir, steps=args.steps, epochs=args.epochs,
-        global_batch_size=args.global_batch_size, eval_data=args.eval_data, strategy=args.strategy, tpu=args.tpu,
-        dtype=args.dtype, lora_rank=args.lora_rank, remat=args.remat, merge_lora=not args.keep_lora,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps, decay=args.decay, weight_decay=args.weight_decay, clipnorm=args.clipnorm,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, jit_compile=args.jit_compile,
-        seed=args.seed)
+    try:
+        training.train(
+            args.preset, args.train_data, args.output_dir, steps=args.steps, epochs=args.epochs,
+            global_batch_size=args.global_batch_size, eval_data=args.eval_data, strategy=args.strategy, tpu=args.tpu,
+            dtype=args.dtype, lora_rank=args.lora_rank, remat=args.remat, merge_lora=not args.keep_lora,
+            learning_rate=args.learning_rate,
+            warmup_steps=args.warmup_steps, decay=args.decay, weight_decay=args.weight_decay, clipnorm=args.clipnorm,
+            checkpoint_every=args.checkpoint_every, log_every=args.log_every, jit_compile=args.jit_compile,
+            seed=args.seed, skip_image_examples=args.skip_image_examples)
+    except ValueError as error:  # data that does not fit the model, bad settings: the message says which
+        raise SystemExit(f"error: {error}") from None
 
 
 def _add_train_parser(commands):
@@ -207,6 +211,8 @@ def _add_train_parser(commands):
     train.add_argument("--checkpoint_every", type=int, default=100)
     train.add_argument("--log_every", type=int, default=10)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--skip_image_examples", action="store_true",
+                       help="a text-only preset on data made for a vision model: train on the examples without images")
     train.set_defaults(run=_train)
 
 

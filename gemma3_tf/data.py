@@ -120,6 +120,11 @@ def parse_example(record, schema, with_images=True):
     return features
 
 
+def _holds_no_image(record):
+    images = tf.io.parse_single_example(record, {"images": tf.io.VarLenFeature(tf.string)})["images"]
+    return tf.equal(tf.size(images.values), 0)
+
+
 def load_tfrecord_dataset(pattern, batch_size, schema=None, shuffle=True, shuffle_buffer=1024, seed=None,
                           repeat=False, drop_remainder=True, with_images=None, cycle_length=4, skip_batches=0):
     """The training examples under `pattern` as a `tf.data.Dataset` of (inputs, labels, sample_weight).
@@ -132,7 +137,8 @@ def load_tfrecord_dataset(pattern, batch_size, schema=None, shuffle=True, shuffl
         shuffle, shuffle_buffer, seed: shuffle the shard order and the examples.
         repeat: cycle through the data forever (for a step-counted training loop).
         with_images: include `images`, `vision_mask` and `vision_indices` in the inputs (default:
-            when the schema has room for images); False for a text-only model.
+            when the schema has room for images); False for a text-only model, which then gets only
+            the examples that hold no image (the others' image placeholder tokens mean nothing to it).
         skip_batches: start after this many batches (records are skipped before they are
             decoded). With a `seed`, the order is fixed, so this is how training resumes exactly.
     Returns: batches of ({"token_ids", "padding_mask"[, "images", "vision_mask",
@@ -150,6 +156,10 @@ def load_tfrecord_dataset(pattern, batch_size, schema=None, shuffle=True, shuffl
     dataset = dataset.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=schema.compression),
         cycle_length=cycle_length, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None or not shuffle)
+    if not with_images and schema.max_images_per_prompt:
+        dataset = dataset.filter(_holds_no_image)
+        if repeat and not any(True for _ in dataset.take(1)):  # else the repeated filter would wait forever
+            raise ValueError(f"Every example under {pattern!r} holds an image: nothing for a text-only model.")
     if repeat:
         dataset = dataset.repeat()
     if shuffle:

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gemma3_tf import checkpoints
+from gemma3_tf import checkpoints, filesystem
 from gemma3_tf.checkpoints import keras_preset
 from gemma3_tf.tokenizer import Gemma3Tokenizer
 
@@ -421,4 +421,5 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
 
     def save_to_preset(self, preset_dir):
         """The tokenizer's files and keras-hub's `preprocessor.json` (and `image_converter.json`)."""
-        keras_preset.save_preprocessor(self, preset_dir)
+        with filesystem.local_directory(preset_dir) as local_dir:
+            keras_preset.save_preprocessor(self, local_dir)

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 from google.protobuf import message
 
-from gemma3_tf import checkpoints
+from gemma3_tf import checkpoints, filesystem
 from gemma3_tf.checkpoints import keras_preset
 from gemma3_tf.presets import PRESETS
 from gemma3_tf.sentencepiece_model import PIECE as _PIECE
@@ -64,9 +64,9 @@ def _parse_proto(proto):
     """Bytes and parsed `ModelProto` of `proto`, with errors that name the argument."""
     if isinstance(proto, (str, os.PathLike)):
         try:
-            with open(proto, "rb") as file:
+            with tf.io.gfile.GFile(os.fspath(proto), "rb") as file:  # gs://... too
                 proto = file.read()
-        except OSError as e:
+        except (OSError, tf.errors.OpError) as e:
             raise ValueError(f"Cannot read the `proto` file {os.fspath(proto)!r}: {e}") from e
     if not isinstance(proto, bytes):
         raise ValueError("`proto` must be a serialized SentencePiece ModelProto (bytes) or the "
@@ -287,4 +287,5 @@ class Gemma3Tokenizer(keras.layers.Layer):
 
     def save_to_preset(self, preset_dir):
         """Writes `tokenizer.json` and `assets/tokenizer/vocabulary.spm` as keras-hub does."""
-        keras_preset.save_tokenizer(self, preset_dir)
+        with filesystem.local_directory(preset_dir) as local_dir:
+            keras_preset.save_tokenizer(self, local_dir)

@@ -145,7 +145,7 @@ class Gemma3VisionEncoderBlock(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")
 class Gemma3VisionEmbedding(keras.layers.Layer):
-    """Conv2D patchify (kernel = stride = patch_size) plus a learned embedding per patch position."""
+    """Patchify (a Conv2D with kernel = stride = patch_size) plus a learned embedding per patch position."""
 
     def __init__(self, image_size, patch_size, hidden_dim, **kwargs):
         super().__init__(**kwargs)
@@ -166,8 +166,15 @@ class Gemma3VisionEmbedding(keras.layers.Layer):
         self.position_embedding.build((1, self.num_patches))
 
     def call(self, images):
-        x = self.patch_embedding(images)
-        x = ops.reshape(x, (-1, self.num_patches, self.hidden_dim))
+        # The Conv2D holds the weights (keras-hub's checkpoint layout) but is applied as the matmul it is:
+        # oneDNN's Conv2D (on by default on AVX-512 cloud CPUs) returns its input unchanged for an empty
+        # batch, so a request with zero images failed eagerly ("Incompatible shapes: [0,28,28,3] vs. [8]").
+        grid, patch = self.image_size // self.patch_size, self.patch_size
+        patches = ops.reshape(images, (-1, grid, patch, grid, patch, 3))
+        patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5))  # the kernel's (row, column, channel) order
+        patches = ops.reshape(patches, (-1, self.num_patches, patch * patch * 3))
+        kernel = ops.reshape(self.patch_embedding.kernel, (patch * patch * 3, self.hidden_dim))
+        x = ops.matmul(patches, ops.cast(kernel, patches.dtype)) + ops.cast(self.patch_embedding.bias, patches.dtype)
         return x + ops.cast(self.position_embedding.embeddings, x.dtype)[None]
 
     def get_config(self):

@@ -200,7 +200,9 @@ def build_parser():
     parser.add_argument("--sequence_length", type=int, default=512)
     parser.add_argument("--image_size", type=int, default=None,
                         help="default: the preset's vision encoder's, else Gemma 3's 896")
-    parser.add_argument("--max_images_per_prompt", type=int, default=2)
+    parser.add_argument("--max_images_per_prompt", type=int, default=None,
+                        help="default: the preset's (2 for a vision model unless its preprocessor.json says "
+                             "otherwise, 0 for a text-only one)")
     parser.add_argument("--num_vision_tokens_per_image", type=int, default=None,
                         help="default: the preset's vision encoder's, else Gemma 3's 256")
     parser.add_argument("--num_shards", type=int, default=8)
@@ -223,6 +225,9 @@ def resolve_settings(args):
     image_size = args.image_size or vision.get("image_size", 896)
     tokens_per_image = args.num_vision_tokens_per_image or (
         (vision["image_size"] // vision["patch_size"] // vision["pool_size"]) ** 2 if vision else 256)
+    if args.max_images_per_prompt is None:  # the data the preset's own model trains on
+        packing = checkpoint.preprocessor_config() if hasattr(checkpoint, "preprocessor_config") else {}
+        args.max_images_per_prompt = packing.get("max_images_per_prompt", 2) if vision else 0
     if args.max_images_per_prompt and not tokenizer.has_vision_tokens:
         raise SystemExit(f"error: the tokenizer of {args.preset} has no image tokens; use "
                          "--max_images_per_prompt 0 for text-only data")

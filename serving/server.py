@@ -100,11 +100,12 @@ def serve(model_base_path: str | None = None, model_name: str = "default", model
 
 def read_model_config(path: str) -> dict[str, str]:
     """name -> base_path from a text-format ModelServerConfig (model_config_list)."""
+    import tensorflow as tf
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     config = model_server_config_pb2.ModelServerConfig()
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:  # gs://... as TF Serving reads it
         text_format.Parse(f.read(), config)
     if not config.HasField("model_config_list"):
         raise ValueError(f"{path}: expected a model_config_list")
@@ -125,7 +126,9 @@ def read_model_config(path: str) -> dict[str, str]:
 def read_batching_parameters(path: str) -> dict:
     """max_batch_size / batch_timeout_micros / allowed_batch_sizes from a text-format BatchingParameters
     file, which is how tensorflow_model_server takes them (its proto is not in tensorflow-serving-api)."""
-    with open(path) as f:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path) as f:
         text = f.read()
     fields = dict(re.findall(r"(\w+)\s*:?\s*\{\s*value\s*:\s*(\d+)\s*\}", text))
     ignored = sorted(set(fields) - {"max_batch_size", "batch_timeout_micros"})
@@ -169,7 +172,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.model_base_path and args.model_config_file:
         p.error("--model_base_path and --model_config_file are exclusive")
     if args.batching_parameters_file:
-        vars(args).update(read_batching_parameters(args.batching_parameters_file))
+        import tensorflow as tf
+
+        try:
+            vars(args).update(read_batching_parameters(args.batching_parameters_file))
+        except (OSError, tf.errors.OpError) as error:
+            p.error(f"--batching_parameters_file: {error}")
     return args
 
 

@@ -16,7 +16,7 @@ def make_backbone(vision=False, **overrides):
     return backbone
 
 
-def test_zero_images_eager_and_in_graph():
+def test_zero_images_eager_in_graph_and_under_xla():
     backbone = make_backbone(vision=True)
     inputs = vision_inputs((0, 0))
     eager = np.asarray(backbone(inputs))
@@ -27,6 +27,7 @@ def test_zero_images_eager_and_in_graph():
 
     # Graph rewrites reorder float sums: agreement to float32 rounding, not bit for bit.
     np.testing.assert_allclose(np.asarray(forward(inputs)), eager, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(tf.function(backbone.__call__, jit_compile=True)(inputs)), eager, atol=2e-5)
     # One traced function serves both 0 and 2 images: the image count is a dynamic dimension.
     spec = {key: tf.TensorSpec([None] * np.ndim(value), tf.as_dtype(value.dtype)) for key, value in inputs.items()}
     graph_forward = tf.function(backbone.__call__, input_signature=[spec])

@@ -3,7 +3,7 @@
 A checkpoint answers `backbone_config()` (Gemma3Backbone arguments, the vision
 encoder's as a dict), `load_weights(backbone, progress)` and `tokenizer_proto()`.
 Formats: keras-hub preset directories, transformers directories (safetensors),
-llama.cpp GGUF files; sources: local paths, hf://, kaggle://, built-in preset
+llama.cpp GGUF files; sources: local and gs:// (any tf.io.gfile) paths, hf://, kaggle://, built-in preset
 names and the packaged real 270M (see `sources`).
 """
 
@@ -11,7 +11,7 @@ import json
 import os
 
 from gemma3_tf.checkpoints import gguf, huggingface, keras_preset
-from gemma3_tf.checkpoints.sources import PACKAGED_GGUF_PRESET, LocalSource, PresetUnavailableError, source_for
+from gemma3_tf.checkpoints.sources import PACKAGED_GGUF_PRESET, PathSource, PresetUnavailableError, source_for
 from gemma3_tf.presets import PRESETS, VISION_ENCODER
 
 __all__ = ["open_checkpoint", "PresetUnavailableError", "PACKAGED_GGUF_PRESET"]
@@ -37,8 +37,8 @@ def _open_source(source):
     if source.is_file:
         path = source.get_file()
         return gguf.GGUFCheckpoint(path)
-    if isinstance(source, LocalSource) and not source.exists(keras_preset.CONFIG_FILE):
-        listing = sorted(os.listdir(source.path))[:8]
+    if isinstance(source, PathSource) and not source.exists(keras_preset.CONFIG_FILE):
+        listing = source.listing()[:8]
         raise ValueError(
             f"{source.description} is not a Gemma 3 checkpoint: expected a keras-hub preset directory "
             f"(config.json, model.weights.h5, assets/tokenizer/vocabulary.spm), a transformers directory "

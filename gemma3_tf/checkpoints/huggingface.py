@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
+from gemma3_tf import filesystem
 from gemma3_tf.checkpoints import layouts
 
 CONFIG_FILE = "config.json"
@@ -207,7 +208,8 @@ def weight_map(backbone, text_prefix, vision_prefix=None, projector_prefix=None)
         for name, target in _PROJECTOR_TENSORS.items():
             names[projector_prefix + name] = target
     mapped = {name: (variables[path], layout) for name, (path, layout) in names.items()}
-    unmapped = set(variables) - {v.path for v, _ in mapped.values()}
+    lora = {path for path in variables if path.endswith(("lora_kernel_a", "lora_kernel_b"))}  # merged by `save`
+    unmapped = set(variables) - lora - {v.path for v, _ in mapped.values()}
     assert not unmapped, f"weights without a transformers name: {sorted(unmapped)}"
     return mapped
 
@@ -357,7 +359,6 @@ def hf_config(backbone, image_token_ids=None):
 def save(backbone, directory, tokenizer=None, max_shard_size=5 * 1024**3, progress=True):
     """Writes `config.json`, safetensors weights (sharded with an index above `max_shard_size` bytes)
     and, with a tokenizer, `tokenizer.model`: a directory transformers' `from_pretrained` loads."""
-    os.makedirs(directory, exist_ok=True)
     image_token_ids = None
     if tokenizer is not None and backbone.vision_encoder is not None:
         image_token_ids = dict(boi_token_index=tokenizer.start_of_image_token_id,
@@ -367,30 +368,34 @@ def save(backbone, directory, tokenizer=None, max_shard_size=5 * 1024**3, progre
         mapping = weight_map(backbone, "model.")
     else:
         mapping = weight_map(backbone, "language_model.model.", "vision_tower.vision_model.", "multi_modal_projector.")
+    # transformers has no LoRA adapters: a kernel with them is written merged (Keras' `kernel` merges).
+    merged = {layer._kernel.path: layer for layer in backbone._flatten_layers() if getattr(layer, "lora_enabled", False)}
     shards, current, current_size = [], {}, 0
     for name, (variable, layout) in tqdm(mapping.items(), desc="Writing safetensors", unit="tensor",
                                          disable=not progress):
-        array = np.ascontiguousarray(layouts.from_keras(variable.numpy(), layout))
+        value = merged[variable.path].kernel if variable.path in merged else variable
+        array = np.ascontiguousarray(layouts.from_keras(np.asarray(value), layout))
         if current and current_size + array.nbytes > max_shard_size:
             shards.append(current)
             current, current_size = {}, 0
         current[name] = array
         current_size += array.nbytes
     shards.append(current)
-    metadata = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(directory, WEIGHTS_FILE), metadata=metadata)
-    else:
-        index = {"metadata": {"total_size": sum(a.nbytes for shard in shards for a in shard.values())},
-                 "weight_map": {}}
-        for number, shard in enumerate(shards, 1):
-            filename = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(directory, filename), metadata=metadata)
-            index["weight_map"].update(dict.fromkeys(shard, filename))
-        with open(os.path.join(directory, WEIGHTS_INDEX_FILE), "w") as file:
-            json.dump(index, file, indent=2)
-    with open(os.path.join(directory, CONFIG_FILE), "w") as file:
-        json.dump(config, file, indent=2)
-    if tokenizer is not None:
-        with open(os.path.join(directory, TOKENIZER_FILE), "wb") as file:
-            file.write(tokenizer.proto)
+    with filesystem.local_directory(directory) as local_dir:  # safetensors writes local files only
+        metadata = {"format": "pt"}
+        if len(shards) == 1:
+            save_file(shards[0], os.path.join(local_dir, WEIGHTS_FILE), metadata=metadata)
+        else:
+            index = {"metadata": {"total_size": sum(a.nbytes for shard in shards for a in shard.values())},
+                     "weight_map": {}}
+            for number, shard in enumerate(shards, 1):
+                filename = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, os.path.join(local_dir, filename), metadata=metadata)
+                index["weight_map"].update(dict.fromkeys(shard, filename))
+            with open(os.path.join(local_dir, WEIGHTS_INDEX_FILE), "w") as file:
+                json.dump(index, file, indent=2)
+        with open(os.path.join(local_dir, CONFIG_FILE), "w") as file:
+            json.dump(config, file, indent=2)
+        if tokenizer is not None:
+            with open(os.path.join(local_dir, TOKENIZER_FILE), "wb") as file:
+                file.write(tokenizer.proto)

@@ -74,7 +74,9 @@ class KerasPresetCheckpoint:
         elif self.source.exists(SHARDED_WEIGHTS_FILE):
             path = self.source.get_file(SHARDED_WEIGHTS_FILE)
             with open(path) as file:
-                names = sorted(set(json.load(file)["weight_map"].values()))
+                weight_map = json.load(file)["weight_map"]
+            # Keras names a layer's shard, or lists them when its variables span several.
+            names = sorted({name for value in weight_map.values() for name in ([value] if isinstance(value, str) else value)})
             shards = [self.source.get_file(name) for name in names]
         else:
             raise FileNotFoundError(

@@ -1,4 +1,4 @@
-"""Where a preset's files come from: a local directory or file, the Hugging Face Hub, Kaggle Models.
+"""Where a preset's files come from: a directory or file (local or gs://...), the Hugging Face Hub, Kaggle Models.
 
 Every source answers `exists(name)` and `get_file(name)` (a local path), fetching
 one file at a time so that reading a config never downloads the weights. Hub
@@ -8,7 +8,11 @@ to put it when neither the cache nor the network has the file.
 """
 
 import os
+import tempfile
 
+import tensorflow as tf
+
+from gemma3_tf import filesystem
 from gemma3_tf.presets import PRESETS
 
 HF_SCHEME = "hf://"
@@ -22,25 +26,33 @@ class PresetUnavailableError(OSError):
     """A preset's files are neither on disk, nor in a hub cache, nor downloadable."""
 
 
-class LocalSource:
-    """A preset directory, or a single checkpoint file (GGUF)."""
+class PathSource:
+    """A preset directory, or a single checkpoint file (GGUF), local or at a `scheme://` path (gs://, ...).
+
+    A remote file is copied to a local scratch directory when first asked for (h5py, safetensors and
+    the GGUF reader read local files only); the copies go when the source does.
+    """
 
     def __init__(self, path):
-        self.path = os.path.abspath(os.path.expanduser(path))
-        self.description = path
+        self.path = filesystem.absolute(path)
+        self.description = os.fspath(path)
+        self._scratch = tempfile.TemporaryDirectory(prefix="gemma3_tf-preset-") if filesystem.is_remote(path) else None
 
     @property
     def is_file(self):
-        return os.path.isfile(self.path)
+        return not tf.io.gfile.isdir(self.path)
 
     def exists(self, name):
-        return os.path.isfile(os.path.join(self.path, name))
+        return tf.io.gfile.exists(os.path.join(self.path, name))
+
+    def listing(self):
+        return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(self.path))
 
     def get_file(self, name=None):
         path = self.path if name is None else os.path.join(self.path, name)
-        if not os.path.isfile(path):
+        if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
             raise FileNotFoundError(f"{self.description}: `{name or path}` is missing.")
-        return path
+        return filesystem.local_copy(path, self._scratch.name) if self._scratch else path
 
 
 class _HubSource:
@@ -189,10 +201,13 @@ def source_for(preset):
         return PackagedGGUFSource()
     if preset in PRESETS and not os.path.exists(preset):
         return KaggleSource(PRESETS[preset]["kaggle_handle"])
-    if os.path.exists(preset):
-        return LocalSource(preset)
+    try:
+        if tf.io.gfile.exists(filesystem.absolute(preset)):
+            return PathSource(preset)
+    except tf.errors.UnimplementedError as error:  # e.g. s3:// without tensorflow-io installed
+        raise ValueError(f"`preset` {preset!r}: TensorFlow has no file system for this scheme ({error}).") from None
     raise ValueError(
-        f"`preset` {preset!r} is neither an existing file or directory, nor hf://OWNER/NAME, "
+        f"`preset` {preset!r} is neither an existing file or directory (local or gs://...), nor hf://OWNER/NAME, "
         f"nor kaggle://OWNER/MODEL/FRAMEWORK/VARIATION, nor a built-in preset "
         f"({', '.join([PACKAGED_GGUF_PRESET, *PRESETS])})."
     )

@@ -6,6 +6,7 @@ import time
 
 import tensorflow as tf
 
+from gemma3_tf import filesystem
 from gemma3_tf.export.layout import BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, versions
 from gemma3_tf.export.layout import write_batching_parameters, write_models_config, write_version, write_warmup_requests
 from gemma3_tf.export.op_check import check_servable_ops, foreign_ops, saved_model_ops
@@ -38,7 +39,7 @@ def export_model(causal_lm, model_base_path, version=None, max_length=2048, jit_
     is deleted and NotServableError says why.
     """
     start = time.time()
-    model_base_path = os.path.abspath(model_base_path)
+    model_base_path = filesystem.absolute(model_base_path)
     version = version if version is not None else (versions(model_base_path) or [0])[-1] + 1
     if int(version) < 1:
         raise ValueError(f"`version` must be a positive integer. Received: {version}")

@@ -6,8 +6,11 @@ polling `BASE/NAME` never loads half of one.
 """
 
 import os
+import tempfile
 
 import tensorflow as tf
+
+from gemma3_tf import filesystem
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODELS_CONFIG = "models.config"
@@ -24,12 +27,22 @@ def versions(model_base_path):
 
 
 def write_version(model_base_path, version, write):
-    """Calls `write(directory)` on a temporary directory, then renames it to `model_base_path/version`."""
+    """Calls `write(directory)` on a temporary directory, then moves it to `model_base_path/version`.
+
+    Locally the move is one rename. On a `scheme://` path the version is written to a local directory
+    and copied with `saved_model.pb` last: renaming a directory there is a copy of object after object
+    (GCS), or loses its files (ram://), and a server sees a version once `saved_model.pb` is in it.
+    """
     final = os.path.join(model_base_path, str(version))
     if tf.io.gfile.exists(final):
         raise FileExistsError(f"Version {version} already exists at {final}; pass another `version`.")
-    staging = os.path.join(model_base_path, f".staging-{version}-{os.getpid()}")
     tf.io.gfile.makedirs(model_base_path)
+    if filesystem.is_remote(model_base_path):
+        with tempfile.TemporaryDirectory(prefix="gemma3_tf-export-") as scratch:
+            write(os.path.join(scratch, str(version)))
+            filesystem.copy_tree(os.path.join(scratch, str(version)), final, last=("saved_model.pb",))
+        return final
+    staging = os.path.join(model_base_path, f".staging-{version}-{os.getpid()}")
     try:
         write(staging)
         tf.io.gfile.rename(staging, final)
@@ -63,7 +76,7 @@ def write_warmup_requests(export_dir, model_name, requests, signature_defs):
 def write_models_config(base_path):
     """`base_path/models.config` (ModelServerConfig text format) naming every model under `base_path`, by
     absolute path: mount `base_path` at the same path in a TF Serving container and it reads as is."""
-    base_path = os.path.abspath(base_path)
+    base_path = filesystem.absolute(base_path)
     names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(base_path)
                    if versions(os.path.join(base_path, name.rstrip("/"))))
     entries = "".join(f"  config {{\n    name: '{name}'\n    base_path: '{os.path.join(base_path, name)}'\n"

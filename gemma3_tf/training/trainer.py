@@ -34,9 +34,10 @@ class TrainConfig:
     jit_compile: bool = True
     seed: int = 0
     shuffle_buffer: int = 1024
+    skip_image_examples: bool = False  # a text model on data made for a vision model: train on its text-only rows
 
 
-def check_data_matches_model(schema, causal_lm, global_batch_size):
+def check_data_matches_model(schema, causal_lm, global_batch_size, skip_image_examples=False):
     """Raises ValueError, naming the field, when the TFRecords were made for another model or are too few."""
     preprocessor = causal_lm.preprocessor
     if preprocessor is not None:
@@ -45,9 +46,11 @@ def check_data_matches_model(schema, causal_lm, global_batch_size):
             raise ValueError(f"The data's tokenizer_fingerprint is {schema.tokenizer_fingerprint} but the model's "
                              f"tokenizer is {fingerprint}: preprocess the data with this model's --preset.")
     vision = causal_lm.backbone.vision_encoder
-    if vision is None and schema.max_images_per_prompt:
+    if vision is None and schema.max_images_per_prompt and not skip_image_examples:
         raise ValueError(f"The data has room for images (max_images_per_prompt={schema.max_images_per_prompt}) "
-                         "but the model has no vision encoder: preprocess with --max_images_per_prompt 0.")
+                         "but the model has no vision encoder: preprocess with this model's --preset (a text-only "
+                         "preset's default is --max_images_per_prompt 0), or pass --skip_image_examples to train "
+                         "on the examples without images.")
     if vision is not None and schema.max_images_per_prompt:
         tokens_per_image = (vision.image_size // vision.patch_size // vision.pool_size) ** 2
         if (schema.image_size, schema.num_vision_tokens_per_image) != (vision.image_size, tokens_per_image):
@@ -134,7 +137,7 @@ class Trainer:
         """Trains up to `config.steps` (resuming from the latest checkpoint); returns the summary dict."""
         config = self.config
         schema = data.Schema.for_pattern(train_pattern)
-        check_data_matches_model(schema, self.causal_lm, config.global_batch_size)
+        check_data_matches_model(schema, self.causal_lm, config.global_batch_size, config.skip_image_examples)
         checkpoint = tf.train.Checkpoint(model=self.causal_lm, optimizer=self.optimizer)
         manager = tf.train.CheckpointManager(checkpoint, os.path.join(self.output_dir, "checkpoints"), max_to_keep=2)
         resumed_from = 0
@@ -177,7 +180,7 @@ class Trainer:
     def evaluate(self, pattern):
         """Mean loss per trained token over all examples under `pattern`."""
         schema = data.Schema.for_pattern(pattern)
-        check_data_matches_model(schema, self.causal_lm, 1)
+        check_data_matches_model(schema, self.causal_lm, 1, self.config.skip_image_examples)
 
         @tf.function
         def sums(batch):
@@ -195,5 +198,5 @@ class Trainer:
         `summary.json`."""
         self.causal_lm.save_to_preset(preset_dir, merge_lora=merge_lora)
         if summary is not None:
-            with open(os.path.join(self.output_dir, "summary.json"), "w") as file:
+            with tf.io.gfile.GFile(os.path.join(self.output_dir, "summary.json"), "w") as file:
                 json.dump(summary, file, indent=2)
