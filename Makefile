@@ -14,8 +14,14 @@ $(STAMP): requirements.txt setup.py
 
 venv: $(STAMP)
 
+# The suite runs with oneDNN on (tests/conftest.py: as TensorFlow has it on AVX-512 cloud CPUs); the model and
+# export tests run again with it off, as on every other CPU.
+MODEL_TESTS := tests/test_layers.py tests/test_backbone.py tests/test_keras_hub_parity.py tests/test_generation.py \
+	tests/test_export.py
+
 test: venv
 	$(VENV)/bin/pytest
+	TF_ENABLE_ONEDNN_OPTS=0 $(VENV)/bin/pytest $(MODEL_TESTS)
 
 # Everything but the real-weights and other slow tests.
 test-fast: venv

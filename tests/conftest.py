@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow turns oneDNN on by default only on CPUs with AVX512_VNNI/AVX512_BF16/AMX: the cloud hosts, Dataflow
+# workers and TF Serving machines users run on. The suite runs as there, unless TF_ENABLE_ONEDNN_OPTS says
+# otherwise (before TensorFlow loads; subprocesses inherit it); `make test` reruns MODEL_TESTS with it off.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import io
 import json

@@ -92,10 +92,13 @@ def test_builtin_name_without_weights_builds_the_architecture(kaggle_offline):
 
 
 def test_unknown_presets_are_named():
-    with pytest.raises(ValueError, match=r"`preset` 'gemma3_2b' is neither an existing file or directory, .*"
+    with pytest.raises(ValueError, match=r"`preset` 'gemma3_2b' is neither an existing file or directory \(local "
+                                         r"or gs://\.\.\.\), .*"
                                          r"gemma3_270m_q4_k_m, gemma3_270m, "):
         open_checkpoint("gemma3_2b")
     with pytest.raises(ValueError, match=r"expected hf://OWNER/NAME"):
         open_checkpoint("hf://just-a-name")
     with pytest.raises(ValueError, match=r"expected kaggle://OWNER/MODEL/FRAMEWORK/VARIATION"):
         open_checkpoint("kaggle://keras/gemma3")
+    with pytest.raises(ValueError, match=r"'s3://bucket/gemma3': TensorFlow has no file system for this scheme"):
+        open_checkpoint("s3://bucket/gemma3")

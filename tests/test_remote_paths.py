@@ -20,6 +20,7 @@ from gemma3_tf.checkpoints import huggingface
 from keras_hub_oracle import randomize, vision_inputs
 from serving.client import RestClient
 from serving.server import serve
+from test_gguf import write_tiny_gguf
 from test_training import MODEL_CONFIG
 from tiny_exports import in_process, tiny_lm
 
@@ -63,6 +64,18 @@ def test_presets_round_trip_through_a_remote_directory(tiny_proto):
         huggingface.MULTIMODAL_MODEL_TYPE
     with pytest.raises(ValueError, match="neither an existing file or directory"):
         gemma3_tf.Gemma3Backbone.from_preset("ram://presets/missing")
+    tokenizer = gemma3_tf.Gemma3Tokenizer("ram://presets/lora/assets/tokenizer/vocabulary.spm")
+    assert tokenizer.proto == causal_lm.preprocessor.tokenizer.proto
+
+
+def test_a_gguf_file_at_a_remote_path_loads(tmp_path):
+    local = write_tiny_gguf(tmp_path / "tiny.gguf")
+    tf.io.gfile.makedirs("ram://gguf")
+    tf.io.gfile.copy(local, "ram://gguf/tiny.gguf")
+    expected = [weight.numpy() for weight in gemma3_tf.Gemma3Backbone.from_preset(local, progress=False).weights]
+    remote = gemma3_tf.Gemma3Backbone.from_preset("ram://gguf/tiny.gguf", progress=False)
+    for weight, value in zip(remote.weights, expected):
+        np.testing.assert_array_equal(weight.numpy(), value)
 
 
 def test_the_default_chain_on_a_text_preset_runs_on_remote_paths(tiny_proto, capsys):

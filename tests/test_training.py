@@ -179,6 +179,31 @@ def test_data_for_another_model_is_refused_before_training(tiny, tmp_path):
         check_data_matches_model(schema, causal_lm, 16)
 
 
+def test_a_text_model_takes_data_made_for_vision_only_when_told_and_then_only_its_rows_without_images(tiny, tmp_path):
+    from gemma3_tf import cli
+    from test_preprocessing import png
+
+    (tmp_path / "square.png").write_bytes(png(32, 32)[0])
+    rows = [{"id": str(i), "prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(6)]
+    rows += [{"id": f"image-{i}", "prompt": "Describe", "response": "A square.", "images": ["square.png"]}
+             for i in range(2)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    preprocess.main(["--input", str(tmp_path / "rows.jsonl"), "--output_dir", str(tmp_path / "data"), "--preset",
+                     tiny[0], "--max_images_per_prompt", "1", "--image_size", "28", "--num_vision_tokens_per_image",
+                     "4", "--sequence_length", str(SEQUENCE_LENGTH), "--num_shards", "1"])
+    pattern = str(tmp_path / "data" / "train-*.tfrecord")
+    train = ["train", "--preset", tiny[0], "--train_data", pattern, "--output_dir", str(tmp_path / "run"),
+             "--steps", "2", "--global_batch_size", "2", "--strategy", "default"]
+    with pytest.raises(SystemExit, match="no vision encoder: preprocess with this model's --preset.*"
+                                         "--skip_image_examples"):
+        cli.main(train)
+    text_only = data.load_tfrecord_dataset(pattern, 1, shuffle=False, with_images=False)
+    inputs = [batch[0] for batch in text_only]
+    assert len(inputs) == 6 and set(inputs[0]) == {"token_ids", "padding_mask"}
+    cli.main(train + ["--skip_image_examples"])
+    assert json.load(open(tmp_path / "run" / "summary.json"))["steps"] == 2
+
+
 def test_remat_gives_the_same_gradients(tiny):
     from gemma3_tf.training import load_model
 
