@@ -282,7 +282,7 @@ class Gemma3Backbone(keras.Model):
         writes the base weights and the adapters apart (`lora_adapters.h5`), and `from_preset`
         then gives the LoRA model back.
         """
-        with filesystem.local_directory(preset_dir) as local_dir:  # gs://... included
+        with filesystem.local_directory(preset_dir) as local_dir:  # a gs://... preset_dir: written here, copied up
             adapters = keras_preset.lora_weights(self)
             if merge_lora or not adapters:
                 keras_preset.save_backbone(self, local_dir, max_shard_size=max_shard_size)

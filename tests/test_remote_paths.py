@@ -112,7 +112,8 @@ def test_the_default_chain_on_a_text_preset_runs_on_remote_paths(tiny_proto, cap
         file.write("".join(json.dumps(row) + "\n" for row in prompts))
     cli.main(["batch-infer", "--model_path", "ram://chain/models/gemma3/1", "--input", "ram://chain/prompts.jsonl",
               "--output_dir", "ram://chain/predictions", "--max_new_tokens", "4"])
-    predictions = {record["id"]: record for record in map(json.loads, read_lines("ram://chain/predictions/predictions-*"))}
+    records = map(json.loads, read_lines("ram://chain/predictions/predictions-*"))
+    predictions = {record["id"]: record for record in records}
     assert sorted(predictions) == ["0", "1", "2"] and not read_lines("ram://chain/predictions/errors-*")
 
     trained = gemma3_tf.Gemma3CausalLM.from_preset("ram://chain/run/final", progress=False)

@@ -369,7 +369,8 @@ def save(backbone, directory, tokenizer=None, max_shard_size=5 * 1024**3, progre
     else:
         mapping = weight_map(backbone, "language_model.model.", "vision_tower.vision_model.", "multi_modal_projector.")
     # transformers has no LoRA adapters: a kernel with them is written merged (Keras' `kernel` merges).
-    merged = {layer._kernel.path: layer for layer in backbone._flatten_layers() if getattr(layer, "lora_enabled", False)}
+    merged = {layer._kernel.path: layer for layer in backbone._flatten_layers()
+              if getattr(layer, "lora_enabled", False)}
     shards, current, current_size = [], {}, 0
     for name, (variable, layout) in tqdm(mapping.items(), desc="Writing safetensors", unit="tensor",
                                          disable=not progress):

@@ -76,7 +76,8 @@ class KerasPresetCheckpoint:
             with open(path) as file:
                 weight_map = json.load(file)["weight_map"]
             # Keras names a layer's shard, or lists them when its variables span several.
-            names = sorted({name for value in weight_map.values() for name in ([value] if isinstance(value, str) else value)})
+            names = sorted({name for value in weight_map.values()
+                            for name in ([value] if isinstance(value, str) else value)})
             shards = [self.source.get_file(name) for name in names]
         else:
             raise FileNotFoundError(

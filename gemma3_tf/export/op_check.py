@@ -17,7 +17,7 @@ PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 def saved_model_ops(export_dir):
     """Names of all ops in the SavedModel's graphs, the function library's bodies included."""
     saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as file:
+    with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "rb") as file:
         saved_model.ParseFromString(file.read())
     ops = set()
     for meta_graph in saved_model.meta_graphs:
