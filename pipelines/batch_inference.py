@@ -45,7 +45,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.rows import Rejected, parse_jsonl_row, read_image
+from pipelines.rows import Rejected, line_text, parse_jsonl_row, read_image, read_lines
 
 NAMESPACE = "gemma3_tf.batch_inference"
 ERRORS = "errors"
@@ -99,7 +99,8 @@ class ReadJsonlRow(beam.DoFn):
             code, reason = ((error.code, str(error)) if isinstance(error, Rejected) else
                             ("error", f"{type(error).__name__}: {str(error).strip()[:500]}"))
             row_id = getattr(error, "row_id", None) or (row or {}).get("id")
-            yield error_record(code, reason, **({} if row_id is None else {"id": row_id}), row=line, source=source)
+            yield error_record(code, reason, **({} if row_id is None else {"id": row_id}), row=line_text(line),
+                               source=source)
             return
         yield row["id"], row
 
@@ -365,7 +366,7 @@ def build_pipeline(pipeline, args, schema=None):
                 | "DecodeExamples" >> beam.ParDo(ReadTFRecordRow(schema, args.model_path)).with_outputs(
                     ERRORS, main="rows"))
     else:
-        rows = (pipeline | "ReadJsonl" >> beam.io.ReadFromTextWithFilename(args.input)
+        rows = (pipeline | "ReadJsonl" >> read_lines(args.input)
                 | "ParseRows" >> beam.ParDo(ReadJsonlRow()).with_outputs(ERRORS, main="rows"))
     handler = KeyedModelHandler(Gemma3SavedModelHandler(
         args.model_path, generation_parameters(args), args.min_batch_size, args.max_batch_size,

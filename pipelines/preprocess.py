@@ -31,7 +31,7 @@ from gemma3_tf.data import SCHEMA_FILE, Schema, serialize_example, tokenizer_fin
 from gemma3_tf.preprocessing import (START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter, chat_prompt,
                                      images_in_front)
 from gemma3_tf.tokenizer import Gemma3Tokenizer
-from pipelines.rows import Rejected, parse_jsonl_row, read_image
+from pipelines.rows import Rejected, line_text, parse_jsonl_row, read_image, read_lines
 
 NAMESPACE = "gemma3_tf.preprocess"
 REJECTED = "rejected"
@@ -83,7 +83,7 @@ class PrepareExample(beam.DoFn):
             return
         self._count(f"rejected_{code}")
         yield beam.pvalue.TaggedOutput(REJECTED, {
-            "row": record if isinstance(record, str) else _jsonable(record), "source": source,
+            "row": _jsonable(record) if isinstance(record, dict) else line_text(record), "source": source,
             "reason": reason, "reason_code": code})
 
     def prepare(self, row):
@@ -243,7 +243,7 @@ def resolve_settings(args):
 def read_rows(pipeline, args):
     """(source, JSONL line or row dict) pairs."""
     if args.input:
-        return pipeline | "ReadManifests" >> beam.io.ReadFromTextWithFilename(args.input)
+        return pipeline | "ReadManifests" >> read_lines(args.input)
     from pipelines.tfds_source import read_tfds_rows
 
     return read_tfds_rows(pipeline, args)

@@ -8,6 +8,7 @@ import json
 import posixpath
 import urllib.request
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 
@@ -19,9 +20,26 @@ class Rejected(Exception):
         self.code, self.row_id = code, row_id
 
 
+def read_lines(pattern):
+    """(file, line) pairs of the files matching `pattern`, each line as bytes: decoding them per row
+    (`parse_jsonl_row`) makes bytes that are not UTF-8 a rejected row, where Beam's default text coder
+    fails the whole job with UnicodeDecodeError."""
+    return beam.io.ReadFromTextWithFilename(pattern, coder=beam.coders.BytesCoder())
+
+
+def line_text(line):
+    """A line as text for an error record: bytes that are not UTF-8 as backslash escapes."""
+    return line.decode("utf-8", errors="backslashreplace") if isinstance(line, bytes) else line
+
+
 def parse_jsonl_row(source, line):
-    """A line of the JSONL file `source` -> its object with a string `id` (the line's hash when it has
-    none) and `images` as absolute locations (paths relative to `source` resolved)."""
+    """A line (bytes or text) of the JSONL file `source` -> its object with a string `id` (the line's hash
+    when it has none) and `images` as absolute locations (paths relative to `source` resolved)."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise Rejected("not_utf8", f"the line is not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
         row = json.loads(line)
     except json.JSONDecodeError as error:

@@ -69,7 +69,9 @@ def text_rows(tmp_path_factory):
         {"id": "too-long", "prompt": "word " * 60},  # the export's max_length is 48
         {"id": "image-on-text", "prompt": "Describe", "images": ["images/0.png"]}]
     count = write_rows(root / "rows.jsonl", rows, ["{not json"])
-    return str(root / "rows.jsonl"), count
+    with open(root / "rows.jsonl", "ab") as file:
+        file.write(b'{"id": "latin-1", "prompt": "caf\xe9"}\n')  # not UTF-8: an error row, not a failed job
+    return str(root / "rows.jsonl"), count + 1
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +92,15 @@ def test_every_row_comes_out_once_as_a_prediction_or_an_error_with_its_reason(gr
     assert len(predictions) + len(errors) == text_rows[1]
     by_id = {record["id"]: record for record in errors if "id" in record}
     assert {key: record["reason_code"] for key, record in by_id.items()} == TEXT_BAD
-    [bad_json] = [record for record in errors if "id" not in record]
+    bad_json, not_utf8 = sorted((record for record in errors if "id" not in record), key=lambda r: r["reason_code"])
     assert (bad_json["reason_code"], bad_json["row"]) == ("bad_json", "{not json")
+    assert (not_utf8["reason_code"], not_utf8["row"]) == ("not_utf8", '{"id": "latin-1", "prompt": "caf\\xe9"}')
     assert "images/nope.png" in by_id["missing-image"]["reason"]
     assert "max_length=48" in by_id["too-long"]["reason"] and by_id["too-long"]["reason"].startswith("`prompt` is")
     assert "no vision encoder" in by_id["image-on-text"]["reason"]
     summary = run["summary"]
     assert summary["rows_read"] == text_rows[1] and summary["predictions_written"] == len(TEXT_PROMPTS)
-    assert summary["errors"] == {code: 1 for code in [*TEXT_BAD.values(), "bad_json"]}
+    assert summary["errors"] == {code: 1 for code in [*TEXT_BAD.values(), "bad_json", "not_utf8"]}
     assert summary["model_calls"] > summary["batches"]  # the refused batches ran again without their bad rows
     assert run["gemma3_tf"] == []  # the workers ran the SavedModel only
 

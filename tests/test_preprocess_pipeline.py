@@ -87,9 +87,12 @@ def manifest(tmp_path_factory):
         {"id": "long-response", "prompt": GOOD["long-response"][0], "response": GOOD["long-response"][1]},
         {"id": "too-long", "prompt": "word " * 200, "response": "b"},
     ]
-    lines = [json.dumps(row) for row in rows] + ["{not json", "[1, 2]"]
-    (root / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    lines = [json.dumps(row).encode() for row in rows] + [b"{not json", b"[1, 2]", NOT_UTF8]
+    (root / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     return str(root / "rows.jsonl"), len(lines)
+
+
+NOT_UTF8 = b'{"id": "latin-1", "prompt": "caf\xe9", "response": "x"}'  # Latin-1, as old exports write
 
 
 def run(manifest_path, preset_path, output_dir, *extra):
@@ -121,14 +124,17 @@ def test_every_row_is_written_or_rejected_with_its_reason(output, manifest):
     rejected = rejected_rows(output_dir)
     assert counts["read"] == manifest[1] == counts["written"] + len(rejected)
     assert counts["written"] == len(GOOD)
-    by_id = {json.loads(row["row"]).get("id") if row["reason_code"] != "bad_json" else row["row"]: row
+    unparsed = ("bad_json", "not_utf8")
+    by_id = {row["row"] if row["reason_code"] in unparsed else json.loads(row["row"]).get("id"): row
              for row in rejected}
     assert {key: by_id[key]["reason_code"] for key in BAD} == BAD
     assert sorted(row["reason_code"] for row in rejected if row["reason_code"] == "bad_json") == ["bad_json"] * 2
+    # The bytes that are not UTF-8 reject their row, shown escaped, and the job goes on.
+    assert by_id[NOT_UTF8.decode("latin-1").replace("\xe9", "\\xe9")]["reason"].startswith("the line is not UTF-8")
     assert "images/nope.png" in by_id["missing-image"]["reason"]
     assert "--sequence_length=128" in by_id["too-long"]["reason"]
     assert counts["rejected"] == {code: list(BAD.values()).count(code) + 2 * (code == "bad_json")
-                                  for code in set(BAD.values()) | {"bad_json"}}
+                                  + (code == "not_utf8") for code in set(BAD.values()) | set(unparsed)}
     assert len(glob.glob(f"{output_dir}/train-*-of-00003.tfrecord")) == 3
     schema = data.Schema.load(str(output_dir))
     assert (schema.sequence_length, schema.image_size, schema.num_vision_tokens_per_image) == (128, 28, 4)
