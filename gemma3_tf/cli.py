@@ -141,10 +141,13 @@ def _export(args):
     warmup_shapes = {name: getattr(args, name) for name in ("batch_sizes", "warmup_prompt_tokens")
                      if getattr(args, name) is not None}
     export_model(causal_lm, args.model_base_path, version=args.version, max_length=args.max_length,
+                 max_rows=args.max_rows, max_prompt_bytes=args.max_prompt_bytes, max_image_bytes=args.max_image_bytes,
                  jit_compile=args.jit_compile, warmup=args.warmup, **warmup_shapes)
 
 
 def _add_export_parser(commands):
+    from gemma3_tf.export.limits import PROMPT_BYTES_PER_TOKEN, ServingLimits
+
     export = commands.add_parser("export", help="write a SavedModel version for TF Serving: BASE/NAME/VERSION/")
     export.add_argument("--preset", default="gemma3_270m_q4_k_m",
                         help="anything `from_preset` accepts, e.g. a `gemma3-tf train` final/ directory")
@@ -154,6 +157,12 @@ def _add_export_parser(commands):
     export.add_argument("--dtype", default=None, help="weights dtype in the SavedModel, e.g. bfloat16")
     export.add_argument("--max_length", type=int, default=2048, help="most tokens per row: prompt + new tokens")
     export.add_argument("--max_images", type=int, default=None, help="images per prompt (vision models)")
+    export.add_argument("--max_rows", type=int, default=ServingLimits.max_rows, help="most prompts per request")
+    export.add_argument("--max_prompt_bytes", type=int, default=None,
+                        help="most bytes per prompt, refused before tokenizing (default: as many as --max_length "
+                             f"tokens can span, {PROMPT_BYTES_PER_TOKEN} per token)")
+    export.add_argument("--max_image_bytes", type=int, default=ServingLimits.max_image_bytes,
+                        help="most bytes per encoded image")
     export.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=False,
                         help="XLA for the decode loop: faster; tensorflow_model_server on CPU then needs "
                              "--xla_cpu_compilation_enabled=true")

@@ -22,7 +22,8 @@ IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a",
 def assert_rows(ok, message):
     """An assertion that all of `ok` [B] holds; else InvalidArgumentError with `message` formatted with the
     first failing row."""
-    first_bad = tf.argmin(tf.cast(ok, tf.int32), output_type=tf.int32)
+    # A 0 appended: argmin of an empty batch would fail ("Reduction axis 0 is empty") before the assertion.
+    first_bad = tf.argmin(tf.concat([tf.cast(ok, tf.int32), [0]], axis=0), output_type=tf.int32)
     return tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.format(message, first_bad)])
 
 

@@ -8,6 +8,7 @@ CLI: python -m serving.client --url http://localhost:8501 --model_name gemma3 "p
 
 import argparse
 import base64
+import json
 import os
 import sys
 import time
@@ -226,8 +227,12 @@ class RestClient(_Client):
     def _request(self, method: str, url: str, body: dict | None = None) -> dict:
         import requests
 
+        # NaN and Infinity as TF Serving's JSON writes and reads them (requests' own encoding refuses them).
+        data = None if body is None else json.dumps(body).encode("utf-8")
+
         def attempt():
-            response = self._session.request(method, url, json=body, timeout=self.timeout)
+            response = self._session.request(method, url, data=data, timeout=self.timeout,
+                                             headers={"Content-Type": "application/json"})
             try:
                 doc = response.json()
             except ValueError:

@@ -15,8 +15,6 @@ from serving.models import ModelRegistry, RequestError, invalid_argument
 
 log = logging.getLogger("serving")
 
-# Images and long prompts exceed gRPC's 4 MB default; TF Serving lifts the limit too.
-MESSAGE_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
 def _model_version(spec) -> int | None:
@@ -88,11 +86,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class GrpcServer:
-    """The gRPC front end; port 0 picks a free port."""
+    """The gRPC front end; port 0 picks a free port.
 
-    def __init__(self, registry: ModelRegistry, port: int, host: str = "0.0.0.0", max_workers: int = 16):
+    Args:
+        max_message_bytes: larger requests are refused by gRPC itself (RESOURCE_EXHAUSTED) before they are
+            parsed. Images and long prompts exceed gRPC's 4 MB default; TF Serving sets no limit (2 GB).
+        max_concurrent_rpcs: RPCs beyond it (running or queued for a worker) get RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(self, registry: ModelRegistry, port: int, host: str = "127.0.0.1", max_workers: int = 16,
+                 max_message_bytes: int = 64 << 20, max_concurrent_rpcs: int = 256):
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc")
-        self._server = grpc.server(self._executor, options=MESSAGE_OPTIONS)
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", max_message_bytes)]
+        self._server = grpc.server(self._executor, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(registry), self._server)
         self.port = self._server.add_insecure_port(f"{host}:{port}")

@@ -6,23 +6,45 @@ In Python (tests, notebooks): `with serve(model_base_path=..., port=0, rest_api_
 """
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
 
 log = logging.getLogger("serving")
 
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is this machine's own (a name is resolved)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
+
 
 class ModelServer:
-    """A running server: `grpc_port`, `rest_port` (None when disabled), `registry`, `batcher`."""
+    """A running server: `grpc_port`, `rest_port` (None when disabled), `registry`, `batcher`.
+
+    It listens on `host`, loopback unless asked otherwise: it has no authentication (neither has TF
+    Serving, which listens on every interface and is meant to sit behind the network's own access control).
+    The `rest_api_*` and `grpc_*` limits are the front ends' (see RestServer and GrpcServer); what a
+    request may hold is the export's own (`gemma3_tf.export.ServingLimits`, checked in its graph).
+    """
 
     def __init__(self, models: dict[str, str], port: int | None = 8500, rest_api_port: int | None = 8501,
                  file_system_poll_wait_seconds: float = 1, enable_batching: bool = False,
                  max_batch_size: int = 8, batch_timeout_micros: int = 2000, allowed_batch_sizes=(),
-                 rest_api_timeout_in_ms: int = 30000, host: str = "0.0.0.0"):
+                 rest_api_timeout_in_ms: int = 30000, host: str = LOOPBACK,
+                 rest_api_max_body_bytes: int = 64 << 20, rest_api_read_timeout_in_ms: int = 30000,
+                 rest_api_max_connections: int = 256, grpc_max_message_bytes: int = 64 << 20,
+                 grpc_max_concurrent_rpcs: int = 256):
         from serving.batching import Batcher
         from serving.grpc_service import GrpcServer
         from serving.models import ModelRegistry
@@ -32,15 +54,20 @@ class ModelServer:
                         else None)
         self.registry = ModelRegistry(models, file_system_poll_wait_seconds, self.batcher)
         self._grpc = self._rest = None
+        if not is_loopback(host):
+            log.warning("Listening on %s: this server has no authentication, so anyone who can reach these ports "
+                        "can run the model. Put it behind access control, as TF Serving is.", host)
         try:
             # Like TF Serving: the initial versions load (and warm up) before the ports open.
             self.registry.refresh()
             self.registry.start_polling()
             if port is not None:
-                self._grpc = GrpcServer(self.registry, port, host)
+                self._grpc = GrpcServer(self.registry, port, host, max_message_bytes=grpc_max_message_bytes,
+                                        max_concurrent_rpcs=grpc_max_concurrent_rpcs)
                 log.info("gRPC API listening on %s:%d", host, self._grpc.port)
             if rest_api_port is not None:
-                self._rest = RestServer(self.registry, rest_api_port, host, rest_api_timeout_in_ms)
+                self._rest = RestServer(self.registry, rest_api_port, host, rest_api_timeout_in_ms,
+                                        rest_api_max_body_bytes, rest_api_read_timeout_in_ms, rest_api_max_connections)
                 log.info("REST API listening on %s:%d", host, self._rest.port)
         except BaseException:
             self.stop()
@@ -87,7 +114,7 @@ def serve(model_base_path: str | None = None, model_name: str = "default", model
 
     Options are ModelServer's: port / rest_api_port (0 = a free port, None = disabled),
     file_system_poll_wait_seconds, enable_batching, max_batch_size, batch_timeout_micros,
-    allowed_batch_sizes, rest_api_timeout_in_ms, host.
+    allowed_batch_sizes, host and the rest_api_* and grpc_* limits.
     """
     if model_config_file:
         models = read_model_config(model_config_file)
@@ -149,6 +176,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             return False
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        return int(text)
+
     p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0: a free port)")
     p.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0: REST disabled)")
@@ -165,6 +197,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="longest wait for more requests to merge")
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
                    help="REST predictions longer than this answer 504 (0: no limit)")
+    p.add_argument("--host", default=LOOPBACK,
+                   help="address both APIs listen on; 0.0.0.0 opens them to the network (no authentication)")
+    p.add_argument("--rest_api_max_body_bytes", type=positive, default=64 << 20,
+                   help="larger REST request bodies answer 413")
+    p.add_argument("--rest_api_read_timeout_in_ms", type=positive, default=30000,
+                   help="a REST request slower to arrive answers 408; idle connections close after it")
+    p.add_argument("--rest_api_max_connections", type=positive, default=256,
+                   help="REST connections beyond it answer 503 with Retry-After")
+    p.add_argument("--grpc_max_message_bytes", type=positive, default=64 << 20,
+                   help="larger gRPC requests get RESOURCE_EXHAUSTED")
+    p.add_argument("--grpc_max_concurrent_rpcs", type=positive, default=256,
+                   help="gRPC calls beyond it get RESOURCE_EXHAUSTED")
     args = p.parse_args(argv)
     args.allowed_batch_sizes = []
     if not args.model_base_path and not args.model_config_file:
@@ -197,7 +241,10 @@ def main(argv=None) -> None:
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros, allowed_batch_sizes=args.allowed_batch_sizes,
-        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms)
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, host=args.host,
+        **{name: getattr(args, name) for name in ("rest_api_max_body_bytes", "rest_api_read_timeout_in_ms",
+                                                  "rest_api_max_connections", "grpc_max_message_bytes",
+                                                  "grpc_max_concurrent_rpcs")})
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())

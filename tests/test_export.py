@@ -15,8 +15,8 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 from gemma3_tf import samplers
-from gemma3_tf.export import (BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, NotServableError, ServingModule,
-                              check_servable_ops, export_model, saved_model_ops)
+from gemma3_tf.export import (BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, NotServableError, ServingLimits,
+                              ServingModule, check_servable_ops, export_model, saved_model_ops)
 from serving.server import read_batching_parameters
 from session_savedmodel import SessionSavedModel
 from test_preprocessing import png
@@ -115,6 +115,11 @@ def test_score_and_embed_equal_full_forward_passes(tiny_text_savedmodel):
      r"`prompt\[0\]` is too long: .* exceed the max_length=48 of this export"),
     ({"prompt": ["ok", "no"], "seed": [1, 2, 3]}, r"`seed` must be a scalar or hold one value per prompt \(2\)"),
     ({"prompt": ["ok"], "images": [[b"\x89PNG"]]}, r"this model has no vision encoder"),
+    ({"prompt": ["ok"], "temperature": float("inf")}, r"`temperature\[0\]` must be finite"),
+    # The limits, each refused before the work it bounds (tests/test_hostile_input.py measures that).
+    ({"prompt": ["ok"] * 65}, r"`prompt` holds 65 rows; this export takes at most max_rows=64"),
+    ({"prompt": np.array([], object)}, r"`prompt` holds no rows"),
+    ({"prompt": ["ok", "x" * (48 * 48 + 1)]}, r"`prompt\[1\]` is longer than the max_prompt_bytes=2304 bytes"),
 ])
 def test_bad_requests_fail_with_a_message_naming_the_input(tiny_text_savedmodel, inputs, message):
     _, _, loaded = tiny_text_savedmodel
@@ -144,6 +149,8 @@ def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path,
         assert {alias: proto.dtype for alias, proto in request.inputs.items()} == {
             alias: info.dtype for alias, info in expected.items()}
         assert {tf.make_ndarray(proto).shape[0] for proto in request.inputs.values()} == {rows}
+    assert ServingLimits.read(path) == ServingLimits(max_length=48, max_rows=64, max_prompt_bytes=48 * 48,
+                                                     max_image_bytes=20 << 20)
     assert read_batching_parameters(os.path.join(base, BATCHING_PARAMETERS)) == {
         "max_batch_size": 8, "batch_timeout_micros": 2000, "allowed_batch_sizes": [1, 2, 4, 8]}
     config = text_format.Parse(open(os.path.join(base, MODELS_CONFIG)).read(),

@@ -599,4 +599,6 @@ def test_server_command_line(model_base):
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert f"Loaded model toy version 1 ({WARMUP_RECORDS} warmup records)" in stderr
-    assert f"REST API listening on 0.0.0.0:{rest_port}" in stderr
+    # Loopback unless --host says otherwise: the server has no authentication.
+    assert f"REST API listening on 127.0.0.1:{rest_port}" in stderr
+    assert f"gRPC API listening on 127.0.0.1:{grpc_port}" in stderr and "WARNING" not in stderr

@@ -12,10 +12,10 @@ import types
 import tensorflow as tf
 
 from gemma3_tf import samplers
+from gemma3_tf.export.limits import ServingLimits
 from gemma3_tf.generation import MAX_STOP_TOKENS, MIN_BUCKET, Decoder, call_with_cache
 from gemma3_tf.preprocessing import assert_prompts_not_empty, assert_rows
 
-MAX_IMAGE_BYTES = 20 << 20
 # The SignatureDef defaults of the generation parameters (TF Serving fills omitted inputs with them).
 GENERATE_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
 
@@ -37,14 +37,14 @@ class ServingModule(tf.Module):
 
     Args:
         causal_lm: a `Gemma3CausalLM` with a preprocessor.
-        max_length: most tokens per row, prompt (with BOS and image tokens) and new tokens together.
+        limits: a `ServingLimits`: what one request may hold. Each is checked before the work it bounds
+            (prompt bytes before tokenizing, tokens before the prefill).
         jit_compile: run the decode loop with XLA. tensorflow_model_server on CPU then needs
             `--xla_cpu_compilation_enabled=true`; without XLA any TF Serving build runs it.
         vocabulary_path: the SentencePiece file to ship in `assets/`.
-        max_image_bytes: larger encoded images are refused.
     """
 
-    def __init__(self, causal_lm, max_length, jit_compile, vocabulary_path, max_image_bytes=MAX_IMAGE_BYTES):
+    def __init__(self, causal_lm, limits, jit_compile, vocabulary_path):
         super().__init__(name="gemma3")
         preprocessor = causal_lm.preprocessor
         if preprocessor is None:
@@ -59,7 +59,7 @@ class ServingModule(tf.Module):
         self._run = types.SimpleNamespace(backbone=causal_lm.backbone, preprocessor=preprocessor,
                                           tokenizer=preprocessor.tokenizer,
                                           decode=decoder.decode_compiled if jit_compile else decoder.decode)
-        self._max_length, self._jit_compile, self._max_image_bytes = max_length, jit_compile, max_image_bytes
+        self.limits, self._max_length, self._jit_compile = limits, limits.max_length, jit_compile
         self.model_variables = [variable.value for variable in causal_lm.backbone.variables]
         self.tokenizer_resources = list(preprocessor.tokenizer.resources)
         self.vocabulary = tf.saved_model.Asset(vocabulary_path)
@@ -89,7 +89,23 @@ class ServingModule(tf.Module):
         return {"serving_default": self.generate, "score": self.score, "embed": self.embed}
 
     # --- generate ------------------------------------------------------------------------
+    def _admitted(self, prompt, what="prompt"):
+        """`prompt` [B], once its row count and bytes are within the limits: what depends on it (the tokenizer
+        and everything after) does not start on a request that is refused."""
+        batch, limits = tf.shape(prompt)[0], self.limits
+        checks = [
+            _check(batch >= 1, f"`{what}` holds no rows; a request needs at least one."),
+            _check(batch <= limits.max_rows, f"`{what}` holds {{}} rows; this export takes at most "
+                   f"max_rows={limits.max_rows} per request.", batch),
+            assert_rows(tf.strings.length(prompt) <= limits.max_prompt_bytes,
+                        f"`{what}[{{}}]` is longer than the max_prompt_bytes={limits.max_prompt_bytes} bytes of "
+                        "this export."),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(prompt)
+
     def _generate(self, prompt, images, max_new_tokens, temperature, top_k, top_p, seed):
+        prompt = self._admitted(prompt)
         batch = tf.shape(prompt)[0]
         per_row = lambda value, name: self._per_row(value, batch, name)  # noqa: E731
         max_new_tokens, temperature = per_row(max_new_tokens, "max_new_tokens"), per_row(temperature, "temperature")
@@ -100,20 +116,23 @@ class ServingModule(tf.Module):
             assert_rows(top_k >= 0, "`top_k[{}]` must be >= 0 (0: no top-k cut)."),
             assert_rows(top_k <= samplers.MAX_TOP_K, f"`top_k[{{}}]` must be at most {samplers.MAX_TOP_K}."),
             assert_rows((top_p > 0) & (top_p <= 1), "`top_p[{}]` must be in (0, 1]."),
-            assert_rows(temperature >= 0, "`temperature[{}]` must be >= 0 (0: greedy)."),
-            assert_rows(tf.reduce_all(tf.strings.length(images) <= self._max_image_bytes, axis=1),
-                        f"`images[{{}}]` holds an image over {self._max_image_bytes} bytes."),
+            assert_rows((temperature >= 0) & tf.math.is_finite(temperature),
+                        "`temperature[{}]` must be finite and >= 0 (0: greedy)."),
+            assert_rows(tf.reduce_all(tf.strings.length(images) <= self.limits.max_image_bytes, axis=1),
+                        f"`images[{{}}]` holds an image over the max_image_bytes={self.limits.max_image_bytes} "
+                        "bytes of this export."),
         ]
         with tf.control_dependencies(checks):
             features = self._run.preprocessor.serving_features(prompt, images)
         token_ids, padding_mask = features["token_ids"], features["padding_mask"]
         lengths = tf.reduce_sum(padding_mask, axis=1)
         room = self._max_length - lengths
+        # The prefill takes token_ids: gated here, it does not start on a prompt that is refused.
         with tf.control_dependencies([assert_rows(
                 max_new_tokens <= room,
                 f"`prompt[{{}}]` is too long: its tokens (BOS and image tokens included) plus `max_new_tokens` "
                 f"exceed the max_length={self._max_length} of this export.")]):
-            capacity = tf.reduce_max(max_new_tokens)
+            token_ids, capacity = tf.identity(token_ids), tf.reduce_max(max_new_tokens)
         if self._jit_compile:  # few shapes, so few compiles: pad lengths to powers of two
             # Room for at least the default number of new tokens: every request up to it runs the shape
             # that the warmup records compile (the loop still stops at each row's max_new_tokens).
@@ -177,6 +196,7 @@ class ServingModule(tf.Module):
         return hidden
 
     def _text_tokens(self, texts, add_start):
+        texts = self._admitted(texts)
         with tf.control_dependencies([assert_prompts_not_empty(texts)]):
             return self._run.preprocessor._tokenize(texts, add_start)
 
@@ -188,7 +208,7 @@ class ServingModule(tf.Module):
     def _score(self, prompt, response):
         """Sum of log p(response tokens | prompt), BOS in front, no EOS after."""
         prompt_tokens = self._text_tokens(prompt, True)
-        response_tokens = self._run.tokenizer.tokenize(response)
+        response_tokens = self._run.tokenizer.tokenize(self._admitted(response, "response"))
         tokens = tf.concat([prompt_tokens, response_tokens], axis=1)
         with tf.control_dependencies([self._check_length(tokens, " with its response")]):
             token_ids = tf.cast(tokens.to_tensor(self._run.tokenizer.pad_token_id), tf.int32)
