@@ -37,16 +37,17 @@ def copy_tree(source, destination, last=()):
 
 
 @contextlib.contextmanager
-def local_directory(directory):
+def local_directory(directory, last=()):
     """Yields a local directory whose files end up in `directory`: `directory` itself when local, else a
-    scratch directory copied there when the block completes (nothing is copied if it raises)."""
+    scratch directory copied there when the block completes (nothing is copied if it raises), the files
+    named in `last` after all others."""
     if not is_remote(directory):
         os.makedirs(directory, exist_ok=True)
         yield directory
         return
     with tempfile.TemporaryDirectory(prefix="gemma3_tf-") as scratch:
         yield scratch
-        copy_tree(scratch, directory)
+        copy_tree(scratch, directory, last=last)
 
 
 def local_copy(path, scratch_dir):

@@ -45,7 +45,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.rows import Rejected, line_text, parse_jsonl_row, read_image, read_lines
+from pipelines.rows import ReadLines, ReadRecords, Rejected, first_of_each_id, line_text, parse_jsonl_row, read_image
 
 NAMESPACE = "gemma3_tf.batch_inference"
 ERRORS = "errors"
@@ -89,20 +89,20 @@ class ReadJsonlRow(beam.DoFn):
     """(file, line) -> (id, example {"id", "prompt", "images": [bytes], "image_paths"}), or an `errors` record."""
 
     def process(self, element):
-        source, line = element
+        where, line = element
         count("rows_read")
         row = None
         try:
-            row = parse_prompt_line(source, line)
+            row = parse_prompt_line(where.source, line)
             row["images"] = [read_image(location) for location in row["image_paths"]]
         except Exception as error:  # anything wrong with one row must not stop the job
             code, reason = ((error.code, str(error)) if isinstance(error, Rejected) else
                             ("error", f"{type(error).__name__}: {str(error).strip()[:500]}"))
             row_id = getattr(error, "row_id", None) or (row or {}).get("id")
             yield error_record(code, reason, **({} if row_id is None else {"id": row_id}), row=line_text(line),
-                               source=source)
+                               **where.fields())
             return
-        yield row["id"], row
+        yield row["id"], {**row, "line": where}
 
 
 def decode_prompt(token_ids, loss_mask, tokenizer, num_vision_tokens_per_image):
@@ -130,7 +130,8 @@ class ReadTFRecordRow(beam.DoFn):
         self.parse_example = parse_example
         self.tokenizer = export_tokenizer(self.model_path)
 
-    def process(self, record):
+    def process(self, element):
+        where, record = element
         count("rows_read")
         try:
             raw = tf.io.parse_single_example(record, {"id": tf.io.FixedLenFeature([], tf.string),
@@ -141,11 +142,25 @@ class ReadTFRecordRow(beam.DoFn):
                                    self.tokenizer, self.schema.num_vision_tokens_per_image)
         except Exception as error:  # a record that does not follow the schema must not stop the job
             yield error_record("bad_record", f"{type(error).__name__}: {str(error).strip()[:500]}",
-                               row=f"<{len(record)} bytes>")
+                               row=f"<{len(record)} bytes>", **where.fields())
             return
         images = list(raw["images"].values.numpy())
-        yield row_id, {"id": row_id, "prompt": prompt, "images": images,
+        yield row_id, {"id": row_id, "prompt": prompt, "images": images, "line": where,
                        "image_paths": [f"<stored image {i}: {len(image)} bytes>" for i, image in enumerate(images)]}
+
+
+class DropRepeatedIds(beam.DoFn):
+    """(id, row) -> itself for the first row of its id (in file and line order), else an `errors` record: each
+    id comes out exactly once, and the repeats are reported rather than run."""
+
+    def process(self, pair, repeated):
+        row_id, row = pair
+        if row_id in repeated and row["line"] != repeated[row_id][1]:
+            copies, first = repeated[row_id]
+            yield error_record("duplicate_id", f"id {row_id!r} is on {copies} rows; only the first ({first.source} "
+                               f"line {first.number}) is run", id=row_id, prompt=row["prompt"], **row["line"].fields())
+            return
+        yield pair
 
 
 def export_tokenizer(model_path):
@@ -294,7 +309,7 @@ class SplitResults(beam.DoFn):
         example, inference = result.example, result.inference
         if "reason" in inference:
             yield error_record(inference["reason_code"], inference["reason"], id=row_id, prompt=example["prompt"],
-                               images=example["image_paths"], model_version=result.model_id)
+                               images=example["image_paths"], model_version=result.model_id, **example["line"].fields())
             return
         count("predictions_written")
         yield {"id": row_id, "prompt": example["prompt"], "completion": inference["completion"],
@@ -342,6 +357,13 @@ def check_args(args):
     if not FileSystems.exists(FileSystems.join(args.model_path, "saved_model.pb")):
         raise SystemExit(f"error: no saved_model.pb in {args.model_path}; --model_path is a version directory "
                          "BASE/NAME/N of `gemma3-tf export`")
+    limits_file = FileSystems.join(args.model_path, "assets.extra", "limits.json")  # gemma3_tf.export.LIMITS_FILE
+    if FileSystems.exists(limits_file):
+        with FileSystems.open(limits_file) as file:
+            max_rows = json.load(file)["max_rows"]
+        if args.max_batch_size > max_rows:
+            raise SystemExit(f"error: --max_batch_size {args.max_batch_size} is over the export's max_rows={max_rows} "
+                             "(its assets.extra/limits.json): every batch that large would be refused")
 
 
 def tfrecord_schema(args):
@@ -362,18 +384,21 @@ def tfrecord_schema(args):
 def build_pipeline(pipeline, args, schema=None):
     """Reads, runs the model, writes; returns the (predictions, errors) PCollections of records."""
     if input_format(args) == "tfrecord":
-        rows = (pipeline | "ReadTFRecords" >> beam.io.ReadFromTFRecord(args.input)
+        rows = (pipeline | "ReadTFRecords" >> ReadRecords(args.input)
                 | "DecodeExamples" >> beam.ParDo(ReadTFRecordRow(schema, args.model_path)).with_outputs(
                     ERRORS, main="rows"))
     else:
-        rows = (pipeline | "ReadJsonl" >> read_lines(args.input)
+        rows = (pipeline | "ReadJsonl" >> ReadLines(args.input)
                 | "ParseRows" >> beam.ParDo(ReadJsonlRow()).with_outputs(ERRORS, main="rows"))
+    repeated = first_of_each_id(rows.rows, lambda row: row["line"])
+    unique = rows.rows | "DropRepeatedIds" >> beam.ParDo(DropRepeatedIds(), repeated).with_outputs(
+        ERRORS, main="rows")
     handler = KeyedModelHandler(Gemma3SavedModelHandler(
         args.model_path, generation_parameters(args), args.min_batch_size, args.max_batch_size,
         large_model=args.large_model, model_copies=args.model_copies))
-    results = (rows.rows | "RunInference" >> RunInference(handler)
+    results = (unique.rows | "RunInference" >> RunInference(handler)
                | "SplitResults" >> beam.ParDo(SplitResults()).with_outputs(ERRORS, main="predictions"))
-    errors = (rows[ERRORS], results[ERRORS]) | "AllErrors" >> beam.Flatten()
+    errors = (rows[ERRORS], unique[ERRORS], results[ERRORS]) | "AllErrors" >> beam.Flatten()
     for name, records in (("predictions", results.predictions), (ERRORS, errors)):
         _ = (records | f"{name.capitalize()}ToJson" >> beam.Map(json.dumps, ensure_ascii=False)
              | f"Write{name.capitalize()}" >> beam.io.WriteToText(FileSystems.join(args.output_dir, name),

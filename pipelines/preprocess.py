@@ -11,9 +11,11 @@ without any gets its images in front); image paths are relative to the manifest,
 (read through Beam's FileSystems) or http(s). Or a TFDS dataset prepared locally (`--tfds`).
 
 Output in `--output_dir`: `train-SSSSS-of-NNNNN.tfrecord[.gz]` (each shard's examples sorted by id,
-so the same input gives byte-identical shards), `rejected-*.jsonl` ({"row", "reason", "reason_code"}
-for every row that could not become an example) and, when the job ends, `schema.json` with the
-counts: every row read is either written or rejected.
+so the same input gives byte-identical shards), `rejected-*.jsonl` ({"row", "source", "line", "offset",
+"reason", "reason_code"} for every row that could not become an example) and, when the job ends,
+`schema.json` with the counts: every row read is either written or rejected. Rows that share an id are all
+written (a training set may repeat an example on purpose); `repeated_ids` counts the rows beyond each id's
+first. Batch inference, which promises one output per id, runs only the first.
 """
 
 import argparse
@@ -31,7 +33,7 @@ from gemma3_tf.data import SCHEMA_FILE, Schema, serialize_example, tokenizer_fin
 from gemma3_tf.preprocessing import (START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter, chat_prompt,
                                      images_in_front)
 from gemma3_tf.tokenizer import Gemma3Tokenizer
-from pipelines.rows import Rejected, line_text, parse_jsonl_row, read_image, read_lines
+from pipelines.rows import Line, ReadLines, Rejected, line_text, parse_jsonl_row, read_image
 
 NAMESPACE = "gemma3_tf.preprocess"
 REJECTED = "rejected"
@@ -68,10 +70,10 @@ class PrepareExample(beam.DoFn):
         self.counters[name].inc()
 
     def process(self, element):
-        source, record = element
+        where, record = element  # (Line, bytes) of a manifest, or (TFDS split, row dict)
         self._count("rows_read")
         try:
-            row = record if isinstance(record, dict) else parse_manifest_line(source, record)
+            row = record if isinstance(record, dict) else parse_manifest_line(where.source, record)
             example = self.prepare(row)
         except Rejected as rejected:
             code, reason = rejected.code, str(rejected)
@@ -83,8 +85,8 @@ class PrepareExample(beam.DoFn):
             return
         self._count(f"rejected_{code}")
         yield beam.pvalue.TaggedOutput(REJECTED, {
-            "row": _jsonable(record) if isinstance(record, dict) else line_text(record), "source": source,
-            "reason": reason, "reason_code": code})
+            "row": _jsonable(record) if isinstance(record, dict) else line_text(record),
+            **(where.fields() if isinstance(where, Line) else {"source": where}), "reason": reason, "reason_code": code})
 
     def prepare(self, row):
         settings = self.settings
@@ -166,14 +168,14 @@ class WriteShard(beam.DoFn):
         yield shard, len(examples)
 
 
-def write_schema(_, schema_fields, output_dir, num_shards, compression, read, written, rejected):
+def write_schema(_, schema_fields, output_dir, num_shards, compression, read, written, rejected, repeated_ids):
     """Runs once at the end: empty files for shards that got no example, then `schema.json`."""
     for shard in sorted(set(range(num_shards)) - {shard for shard, _ in written}):
         with tf.io.TFRecordWriter(shard_path(output_dir, shard, num_shards, compression),
                                   tf.io.TFRecordOptions(compression_type=compression)):
             pass
     counts = {"read": read, "written": sum(count for _, count in written),
-              "rejected": dict(sorted(rejected.items())), "shards": num_shards}
+              "rejected": dict(sorted(rejected.items())), "repeated_ids": repeated_ids, "shards": num_shards}
     schema = Schema(**schema_fields, compression=compression, counts=counts)
     with FileSystems.create(FileSystems.join(output_dir, SCHEMA_FILE)) as file:
         file.write(schema.to_json().encode("utf-8"))
@@ -243,7 +245,7 @@ def resolve_settings(args):
 def read_rows(pipeline, args):
     """(source, JSONL line or row dict) pairs."""
     if args.input:
-        return pipeline | "ReadManifests" >> read_lines(args.input)
+        return pipeline | "ReadManifests" >> ReadLines(args.input)
     from pipelines.tfds_source import read_tfds_rows
 
     return read_tfds_rows(pipeline, args)
@@ -262,16 +264,20 @@ def build_pipeline(pipeline, args, settings, tokenizer_proto, has_vision_tokens,
          | "WriteRejected" >> beam.io.WriteToText(FileSystems.join(args.output_dir, "rejected"),
                                                   file_name_suffix=".jsonl"))
     read = rows | "CountRead" >> beam.combiners.Count.Globally()
+    repeated_ids = (prepared.examples | "Ids" >> beam.Map(lambda pair: (pair[1][0], 1))
+                    | "CountIds" >> beam.CombinePerKey(sum) | "Repeats" >> beam.Map(lambda pair: pair[1] - 1)
+                    | "CountRepeats" >> beam.CombineGlobally(sum))
     rejected_by_reason = (rejected | "Reasons" >> beam.Map(lambda record: record["reason_code"])
                           | "CountReasons" >> beam.combiners.Count.PerElement()
                           | "ReasonsToList" >> beam.combiners.ToList())
     return (pipeline | "Once" >> beam.Create([None])
             | "WriteSchema" >> beam.Map(
-                lambda _, read, written, rejected: write_schema(
+                lambda _, read, written, rejected, repeated_ids: write_schema(
                     _, schema_fields, args.output_dir, settings["num_shards"], compression, read, written,
-                    dict(rejected)),
+                    dict(rejected), repeated_ids),
                 read=beam.pvalue.AsSingleton(read), written=beam.pvalue.AsList(written),
-                rejected=beam.pvalue.AsSingleton(rejected_by_reason)))
+                rejected=beam.pvalue.AsSingleton(rejected_by_reason),
+                repeated_ids=beam.pvalue.AsSingleton(repeated_ids)))
 
 
 def main(argv=None):
@@ -285,7 +291,8 @@ def main(argv=None):
     counts = Schema.load(args.output_dir).counts
     print(f"gemma3-tf preprocess: {counts['read']} rows read, {counts['written']} examples written to "
           f"{args.output_dir} in {counts['shards']} shards, {sum(counts['rejected'].values())} rejected "
-          f"{counts['rejected'] or ''}".rstrip())
+          f"{counts['rejected'] or ''}".rstrip() + (f", {counts['repeated_ids']} rows repeat an id before them"
+                                                    if counts["repeated_ids"] else ""))
     return counts
 
 

@@ -8,7 +8,10 @@ import json
 import posixpath
 import urllib.request
 
+from typing import NamedTuple
+
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 
@@ -20,11 +23,75 @@ class Rejected(Exception):
         self.code, self.row_id = code, row_id
 
 
-def read_lines(pattern):
-    """(file, line) pairs of the files matching `pattern`, each line as bytes: decoding them per row
-    (`parse_jsonl_row`) makes bytes that are not UTF-8 a rejected row, where Beam's default text coder
-    fails the whole job with UnicodeDecodeError."""
-    return beam.io.ReadFromTextWithFilename(pattern, coder=beam.coders.BytesCoder())
+class Line(NamedTuple):
+    """Where a line is: its file, its number (from 1) and the byte offset of its start (in the decompressed
+    text of a .gz file), for the error records that point a user at it."""
+
+    source: str
+    number: int
+    offset: int | None = None  # None for a TFRecord
+
+    def fields(self):
+        return {"source": self.source, "line": self.number, **({} if self.offset is None else {"offset": self.offset})}
+
+
+class _LinesOfFile(beam.DoFn):
+    def process(self, readable_file):
+        path, offset, number = readable_file.metadata.path, 0, 0
+        with readable_file.open() as file:  # streamed: one line in memory at a time
+            while line := file.readline():
+                number += 1
+                yield Line(path, number, offset), line.rstrip(b"\n").rstrip(b"\r")
+                offset += len(line)
+
+
+class ReadLines(beam.PTransform):
+    """(Line, bytes) for each line of the files matching `pattern` (any Beam filesystem, compression by
+    extension). Bytes: decoding them per row (`parse_jsonl_row`) makes bytes that are not UTF-8 a rejected
+    row, where Beam's text coder fails the whole job with UnicodeDecodeError. Each file is read by one worker,
+    which knows every line's number and offset (Beam's ReadFromText splits a file but tells neither); the
+    reshuffle then spreads its lines over the workers for the costly steps after."""
+
+    def __init__(self, pattern):
+        super().__init__()
+        self.pattern = pattern
+
+    def expand(self, pbegin):
+        return (pbegin | "Match" >> fileio.MatchFiles(self.pattern) | "Open" >> fileio.ReadMatches()
+                | "Lines" >> beam.ParDo(_LinesOfFile()) | "Spread" >> beam.Reshuffle())
+
+
+class _RecordsOfFile(beam.DoFn):
+    def process(self, readable_file):
+        import tensorflow as tf
+
+        path = readable_file.metadata.path
+        records = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "")
+        for number, record in enumerate(records.as_numpy_iterator(), 1):
+            yield Line(path, number), record
+
+
+class ReadRecords(ReadLines):
+    """(Line, serialized record) for each record of the TFRecord files matching `pattern` (`Line.number`
+    is the record's number in its file), read through TensorFlow's filesystems as a trainer reads them."""
+
+    def expand(self, pbegin):
+        return (pbegin | "Match" >> fileio.MatchFiles(self.pattern) | "Open" >> fileio.ReadMatches()
+                | "Records" >> beam.ParDo(_RecordsOfFile()) | "Spread" >> beam.Reshuffle())
+
+
+def first_of_each_id(keyed_rows, order):
+    """{id: (copies, the least `order(row)`)} for each id that `keyed_rows` ((id, row) pairs) holds more than
+    once, as a side input: a row of such an id whose order is not the least is a repeat. Only ids and order
+    keys are shuffled, never the rows (images included)."""
+
+    def merge(values):  # associative, as Beam's combiner lifting needs: it merges partial results too
+        values = list(values)
+        return sum(copies for copies, _ in values), min(key for _, key in values)
+
+    return beam.pvalue.AsDict(
+        keyed_rows | "OrderKeys" >> beam.Map(lambda pair: (pair[0], (1, order(pair[1]))))
+        | "CountIds" >> beam.CombinePerKey(merge) | "Repeated" >> beam.Filter(lambda pair: pair[1][0] > 1))
 
 
 def line_text(line):

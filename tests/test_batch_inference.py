@@ -71,7 +71,8 @@ def text_rows(tmp_path_factory):
     count = write_rows(root / "rows.jsonl", rows, ["{not json"])
     with open(root / "rows.jsonl", "ab") as file:
         file.write(b'{"id": "latin-1", "prompt": "caf\xe9"}\n')  # not UTF-8: an error row, not a failed job
-    return str(root / "rows.jsonl"), count + 1
+        file.write(b'{"id": "hello", "prompt": "a second row with the id hello"}\n')  # reported, not run
+    return str(root / "rows.jsonl"), count + 2
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +92,24 @@ def test_every_row_comes_out_once_as_a_prediction_or_an_error_with_its_reason(gr
     assert set(predictions) == set(TEXT_PROMPTS)
     assert len(predictions) + len(errors) == text_rows[1]
     by_id = {record["id"]: record for record in errors if "id" in record}
-    assert {key: record["reason_code"] for key, record in by_id.items()} == TEXT_BAD
+    assert {key: record["reason_code"] for key, record in by_id.items()} == {**TEXT_BAD, "hello": "duplicate_id"}
+    assert predictions["hello"]["prompt"] == TEXT_PROMPTS["hello"]  # the first row of the id ran
+    assert "only the first (" in by_id["hello"]["reason"] and by_id["hello"]["line"] == text_rows[1]
     bad_json, not_utf8 = sorted((record for record in errors if "id" not in record), key=lambda r: r["reason_code"])
     assert (bad_json["reason_code"], bad_json["row"]) == ("bad_json", "{not json")
     assert (not_utf8["reason_code"], not_utf8["row"]) == ("not_utf8", '{"id": "latin-1", "prompt": "caf\\xe9"}')
+    # Every error row says where its row is: file, line number, byte offset of its start.
+    lines = open(text_rows[0], "rb").read().split(b"\n")[:-1]
+    assert (not_utf8["source"], not_utf8["line"]) == (text_rows[0], len(lines) - 1)
+    assert not_utf8["offset"] == sum(len(line) + 1 for line in lines[:-2])
+    assert all(record["source"] == text_rows[0] for record in errors)
+    assert by_id["too-long"]["line"] == 8 and "offset" in by_id["too-long"]  # a row the model refused
     assert "images/nope.png" in by_id["missing-image"]["reason"]
     assert "max_length=48" in by_id["too-long"]["reason"] and by_id["too-long"]["reason"].startswith("`prompt` is")
     assert "no vision encoder" in by_id["image-on-text"]["reason"]
     summary = run["summary"]
     assert summary["rows_read"] == text_rows[1] and summary["predictions_written"] == len(TEXT_PROMPTS)
-    assert summary["errors"] == {code: 1 for code in [*TEXT_BAD.values(), "bad_json", "not_utf8"]}
+    assert summary["errors"] == {code: 1 for code in [*TEXT_BAD.values(), "bad_json", "not_utf8", "duplicate_id"]}
     assert summary["model_calls"] > summary["batches"]  # the refused batches ran again without their bad rows
     assert run["gemma3_tf"] == []  # the workers ran the SavedModel only
 
@@ -161,14 +170,16 @@ def test_tfrecords_of_the_preprocess_pipeline_give_their_prompts_to_the_model(ti
     _, path, loaded = tiny_text_savedmodel
     preset = os.path.join(os.path.dirname(os.path.dirname(path)), "preset")  # what tiny_exports exported
     rows = [{"id": key, "prompt": TEXT_PROMPTS[key], "response": "The quick brown fox."} for key in ("hello", "gemma")]
-    write_rows(tmp_path / "train.jsonl", rows)
-    preprocess.main(["--input", str(tmp_path / "train.jsonl"), "--output_dir", str(tmp_path / "records"),
-                     "--preset", preset, "--sequence_length", "32", "--max_images_per_prompt", "0",
-                     "--num_shards", "2"])
+    write_rows(tmp_path / "train.jsonl", rows + rows[:1])  # a row twice: written twice, run once
+    counts = preprocess.main(["--input", str(tmp_path / "train.jsonl"), "--output_dir", str(tmp_path / "records"),
+                              "--preset", preset, "--sequence_length", "32", "--max_images_per_prompt", "0",
+                              "--num_shards", "2"])
+    assert (counts["written"], counts["repeated_ids"]) == (3, 1)
     assert cli.main(["batch-infer", "--model_path", path, "--input", str(tmp_path / "records" / "train-*.tfrecord"),
                      "--output_dir", str(tmp_path / "out"), "--max_new_tokens", "5"]) == 0
     predictions, errors = outputs(str(tmp_path / "out"))
-    assert (len(predictions), errors) == (2, [])
+    assert len(predictions) == 2 and [error["reason_code"] for error in errors] == ["duplicate_id"]
+    assert errors[0]["id"] == "hello" and errors[0]["source"].endswith(".tfrecord") and errors[0]["line"] >= 2
     for row in rows:
         prompt = chat_prompt([{"role": "user", "content": row["prompt"]}])  # as preprocess wrote it
         assert predictions[row["id"]]["prompt"] == prompt
@@ -228,6 +239,9 @@ def test_generation_flags_the_model_refuses_stop_the_job(tiny_text_savedmodel, t
     with pytest.raises(Exception, match=r"refuses the generation flags .*`top_k\[0\]` must be at most"):
         batch_inference.main(["--model_path", tiny_text_savedmodel[1], "--input", text_rows[0], "--output_dir",
                               str(tmp_path), "--top_k", "100000"])
+    with pytest.raises(SystemExit, match=r"--max_batch_size 65 is over the export's max_rows=64"):
+        batch_inference.main(["--model_path", tiny_text_savedmodel[1], "--input", text_rows[0], "--output_dir",
+                              str(tmp_path), "--max_batch_size", "65"])
     with pytest.raises(SystemExit, match="no saved_model.pb"):
         batch_inference.main(["--model_path", str(tmp_path), "--input", text_rows[0], "--output_dir", str(tmp_path)])
 

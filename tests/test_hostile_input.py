@@ -256,8 +256,9 @@ def test_requests_over_the_exports_limits_are_refused_and_memory_stays_flat(gemm
                 client.generate(prompts, max_new_tokens=2, **parameters)
             assert error.value.status in (400, grpc.StatusCode.INVALID_ARGUMENT)
     # The largest two again and again. The allocators keep some of what the first rounds freed (measured: +90
-    # MiB by the third round, then flat to +-3 MiB for 20 more), so growth is measured after five rounds.
-    for round in range(15):
+    # MiB by the third round, then within +-40 MiB), so growth is measured after five rounds, over twenty that
+    # send 320 MB of prompts: holding on to a fifth of each would be 64 MiB.
+    for round in range(25):
         if round == 5:
             before = rss_mib(process.pid)
         for client in (rest, grpc_client):
@@ -265,6 +266,6 @@ def test_requests_over_the_exports_limits_are_refused_and_memory_stays_flat(gemm
                 with pytest.raises(ServingError):
                     client.generate(prompts, max_new_tokens=2, **parameters)
     after = rss_mib(process.pid)
-    assert after - before < 24, f"server memory grew from {before:.0f} to {after:.0f} MiB over 40 refusals"
+    assert after - before < 64, f"server memory grew from {before:.0f} to {after:.0f} MiB over 80 refusals"
     assert rest.generate("still serving", max_new_tokens=2)["num_tokens"] >= 1
     assert process.poll() is None

@@ -130,7 +130,13 @@ def test_every_row_is_written_or_rejected_with_its_reason(output, manifest):
     assert {key: by_id[key]["reason_code"] for key in BAD} == BAD
     assert sorted(row["reason_code"] for row in rejected if row["reason_code"] == "bad_json") == ["bad_json"] * 2
     # The bytes that are not UTF-8 reject their row, shown escaped, and the job goes on.
-    assert by_id[NOT_UTF8.decode("latin-1").replace("\xe9", "\\xe9")]["reason"].startswith("the line is not UTF-8")
+    not_utf8 = by_id[NOT_UTF8.decode("latin-1").replace("\xe9", "\\xe9")]
+    assert not_utf8["reason"].startswith("the line is not UTF-8")
+    # Each rejected row says where it is: file, line number, byte offset of its start.
+    lines = open(manifest[0], "rb").read().split(b"\n")[:-1]
+    assert (not_utf8["source"], not_utf8["line"], not_utf8["offset"]) == (
+        manifest[0], len(lines), sum(len(line) + 1 for line in lines[:-1]))
+    assert by_id["too-long"]["line"] == 12 and counts["repeated_ids"] == 0
     assert "images/nope.png" in by_id["missing-image"]["reason"]
     assert "--sequence_length=128" in by_id["too-long"]["reason"]
     assert counts["rejected"] == {code: list(BAD.values()).count(code) + 2 * (code == "bad_json")

@@ -6,7 +6,6 @@ polling `BASE/NAME` never loads half of one.
 """
 
 import os
-import tempfile
 
 import tensorflow as tf
 
@@ -38,9 +37,8 @@ def write_version(model_base_path, version, write):
         raise FileExistsError(f"Version {version} already exists at {final}; pass another `version`.")
     tf.io.gfile.makedirs(model_base_path)
     if filesystem.is_remote(model_base_path):
-        with tempfile.TemporaryDirectory(prefix="gemma3_tf-export-") as scratch:
-            write(os.path.join(scratch, str(version)))
-            filesystem.copy_tree(os.path.join(scratch, str(version)), final, last=("saved_model.pb",))
+        with filesystem.local_directory(final, last=("saved_model.pb",)) as local:
+            write(local)
         return final
     staging = os.path.join(model_base_path, f".staging-{version}-{os.getpid()}")
     try:
