@@ -86,7 +86,8 @@ def parse_prompt_line(source, line):
 
 
 class ReadJsonlRow(beam.DoFn):
-    """(file, line) -> (id, example {"id", "prompt", "images": [bytes], "image_paths"}), or an `errors` record."""
+    """(Line, bytes) -> (id, example {"id", "prompt", "images": [bytes], "image_paths", "line"}), or an `errors`
+    record."""
 
     def process(self, element):
         where, line = element
