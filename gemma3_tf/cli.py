@@ -142,6 +142,7 @@ def _export(args):
                      if getattr(args, name) is not None}
     export_model(causal_lm, args.model_base_path, version=args.version, max_length=args.max_length,
                  max_rows=args.max_rows, max_prompt_bytes=args.max_prompt_bytes, max_image_bytes=args.max_image_bytes,
+                 max_image_pixels=args.max_image_pixels,
                  jit_compile=args.jit_compile, warmup=args.warmup, **warmup_shapes)
 
 
@@ -163,6 +164,8 @@ def _add_export_parser(commands):
                              f"tokens can span, {PROMPT_BYTES_PER_TOKEN} per token)")
     export.add_argument("--max_image_bytes", type=int, default=ServingLimits.max_image_bytes,
                         help="most bytes per encoded image")
+    export.add_argument("--max_image_pixels", type=int, default=ServingLimits.max_image_pixels,
+                        help="most pixels per image, read from its header before decoding")
     export.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=False,
                         help="XLA for the decode loop: faster; tensorflow_model_server on CPU then needs "
                              "--xla_cpu_compilation_enabled=true")

@@ -19,6 +19,36 @@ START_OF_IMAGE = "<start_of_image>"
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 
+# Larger images are refused before decoding: a 20000 x 20000 PNG of one colour is about 1 MB, and decoding it
+# takes 1.2 GB (5.9 GB more as the float32 the resize starts from). 50 MP takes the 48 MP of today's phones.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def encoded_image_shape(image):
+    """[height, width] (int64) of one encoded JPEG, PNG, GIF or BMP image (a scalar string), read from its header
+    without decoding it; [0, 0] for other bytes."""
+    head = tf.io.decode_raw(tf.strings.substr(tf.strings.substr(image, 0, 32) + b"\0" * 32, 0, 32), tf.uint8)
+    head = tf.cast(head, tf.int64)
+
+    def number(start, size, big_endian):  # an unsigned integer of `size` bytes at `start`
+        places = range(size - 1, -1, -1) if big_endian else range(size)
+        return sum(head[start + i] * (1 << (8 * place)) for i, place in zip(range(size), places))
+
+    def signed32(value):
+        return tf.abs(tf.where(value >= 1 << 31, value - (1 << 32), value))
+
+    starts_with = lambda signature: tf.strings.substr(image, 0, len(signature)) == signature  # noqa: E731
+    # PNG: IHDR's width and height (big-endian) at 16; GIF: the screen's (little-endian 16-bit) at 6; BMP: the
+    # DIB header's (little-endian 32-bit; a negative height is a top-down image) at 18.
+    shape = tf.case([
+        (starts_with(IMAGE_SIGNATURES[1]), lambda: tf.stack([number(20, 4, True), number(16, 4, True)])),
+        (starts_with(b"GIF8"), lambda: tf.stack([number(8, 2, False), number(6, 2, False)])),
+        (starts_with(b"BM"), lambda: tf.stack([signed32(number(22, 4, False)), signed32(number(18, 4, False))])),
+        (starts_with(IMAGE_SIGNATURES[0]), lambda: tf.cast(tf.image.extract_jpeg_shape(image)[:2], tf.int64)),
+    ], default=lambda: tf.zeros([2], tf.int64))
+    return tf.reshape(shape, [2])
+
+
 def assert_rows(ok, message):
     """An assertion that all of `ok` [B] holds; else InvalidArgumentError with `message` formatted with the
     first failing row."""
@@ -293,7 +323,7 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         return texts if batched else texts[0]
 
     # --- in-graph, for the SavedModel -------------------------------------------------------
-    def serving_features(self, prompts, images):
+    def serving_features(self, prompts, images, max_image_pixels=MAX_IMAGE_PIXELS):
         """`generate_preprocess` in TensorFlow ops only, for a SavedModel signature.
 
         Args:
@@ -302,7 +332,8 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
                 Rows whose prompt has no `<start_of_image>` get one per image in front.
         Returns: `token_ids`, `padding_mask` [B, T] (T the longest prompt) and, with a vision encoder,
             `images` [B, max_images_per_prompt, S, S, 3], `vision_indices` and `vision_mask`.
-        Bad rows raise InvalidArgumentError when the graph runs, naming the first such row.
+        Bad rows raise InvalidArgumentError when the graph runs, naming the first such row; so do images over
+        `max_image_pixels`, before they are decoded.
         """
         given = tf.strings.length(images) > 0
         num_images = tf.reduce_sum(tf.cast(given, tf.int32), axis=1)
@@ -330,11 +361,11 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         out = {"token_ids": token_ids, "padding_mask": tf.sequence_mask(tokens.row_lengths(), tf.shape(token_ids)[1],
                                                                         dtype=tf.int32)}
         if not self.text_only:
-            out["images"] = self._decode_rows(tf.ragged.boolean_mask(images, given))
+            out["images"] = self._decode_rows(tf.ragged.boolean_mask(images, given), max_image_pixels)
             out.update(self._vision_positions(token_ids, self.max_images_per_prompt))
         return out
 
-    def _decode_rows(self, images):
+    def _decode_rows(self, images, max_pixels):
         """Ragged [B, (n)] encoded images -> [B, max_images_per_prompt, S, S, 3], zeros after each row's last."""
         count, size = self.max_images_per_prompt, self.image_converter.image_size
         padded = images.to_tensor(default_value="", shape=[None, count])
@@ -345,9 +376,16 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
                                                   "`images[{}]` holds bytes that are not a JPEG, PNG, GIF or BMP "
                                                   "image.")]):
             flat = tf.reshape(padded, [-1])
-        pixels = tf.map_fn(lambda image: tf.cond(image == "", lambda: tf.zeros([size, size, 3]),
-                                                 lambda: self.image_converter(image)),
-                           flat, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        def convert(image, index):
+            height, width = tf.unstack(encoded_image_shape(image))
+            with tf.control_dependencies([tf.debugging.Assert(height * width <= max_pixels, [tf.strings.format(
+                    f"`images[{{}}][{{}}]` is {{}} x {{}} pixels, over the max_image_pixels={max_pixels} of this "
+                    "export.", (index // count, index % count, width, height))])]):
+                return self.image_converter(image)
+
+        pixels = tf.map_fn(lambda pair: tf.cond(pair[0] == "", lambda: tf.zeros([size, size, 3]),
+                                                lambda: convert(*pair)),
+                           (flat, tf.range(tf.size(flat))), fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return tf.reshape(pixels, [-1, count, size, size, 3])
 
     # --- training ------------------------------------------------------------------------

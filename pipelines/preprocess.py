@@ -30,8 +30,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from gemma3_tf import checkpoints
 from gemma3_tf.data import SCHEMA_FILE, Schema, serialize_example, tokenizer_fingerprint
-from gemma3_tf.preprocessing import (START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter, chat_prompt,
-                                     images_in_front)
+from gemma3_tf.preprocessing import (MAX_IMAGE_PIXELS, START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter,
+                                     chat_prompt, encoded_image_shape, images_in_front)
 from gemma3_tf.tokenizer import Gemma3Tokenizer
 from pipelines.rows import Line, ReadLines, Rejected, line_text, parse_jsonl_row, read_image
 
@@ -122,6 +122,10 @@ class PrepareExample(beam.DoFn):
 
     def resize_and_encode(self, data, location):
         try:
+            height, width = encoded_image_shape(tf.constant(data)).numpy()
+            if height * width > MAX_IMAGE_PIXELS:  # refused before decoding: a worker would run out of memory
+                raise Rejected("image_too_large", f"{location} is {width} x {height} pixels, over "
+                                                  f"{MAX_IMAGE_PIXELS} pixels")
             pixels = self.preprocessor.image_converter.resize(tf.constant(data))
         except (tf.errors.InvalidArgumentError, ValueError) as error:
             message = getattr(error, "message", str(error)).splitlines()[0]

@@ -5,9 +5,12 @@ Classify, Regress and MultiInference keep the generated servicer's UNIMPLEMENTED
 
 import concurrent.futures
 import logging
+import math
 
 import grpc
+import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
@@ -26,9 +29,26 @@ def _model_version(spec) -> int | None:
     return spec.version.value if choice == "version" else None
 
 
+def tensor_from_proto(alias: str, proto, max_bytes: int) -> np.ndarray:
+    """A request's TensorProto as an array, refused (before any allocation) when its shape claims more than
+    `max_bytes`: a proto may give one value for a whole shape, which tf.make_ndarray then repeats, so a
+    17-byte message would otherwise allocate 800 MB (measured, shape [2e8] float32)."""
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in dims):
+        raise invalid_argument(f"tensor parsing error: {alias}: negative dimension in shape {dims}")
+    itemsize = 1 if proto.dtype == types_pb2.DT_STRING else max(tf.dtypes.as_dtype(proto.dtype).size, 1)
+    if math.prod(dims) * itemsize > max_bytes:
+        raise invalid_argument(f"tensor parsing error: {alias}: shape {dims} holds more than the "
+                               f"grpc_max_message_bytes={max_bytes} a request may carry")
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:
+        raise invalid_argument(f"tensor parsing error: {alias}: {e}")
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    def __init__(self, registry: ModelRegistry, max_tensor_bytes: int):
+        self.registry, self.max_tensor_bytes = registry, max_tensor_bytes
 
     def Predict(self, request, context):
         return self._answer(context, self._predict, request)
@@ -48,12 +68,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def _predict(self, request):
         if not request.model_spec.name:
             raise invalid_argument("Missing model_spec.name in request.")
-        inputs = {}
-        for alias, proto in request.inputs.items():
-            try:
-                inputs[alias] = tf.make_ndarray(proto)
-            except Exception as e:
-                raise invalid_argument(f"tensor parsing error: {alias}: {e}")
+        inputs = {alias: tensor_from_proto(alias, proto, self.max_tensor_bytes)
+                  for alias, proto in request.inputs.items()}
         version, signature_name, outputs = self.registry.predict(
             request.model_spec.name, _model_version(request.model_spec),
             request.model_spec.signature_name, inputs, list(request.output_filter))
@@ -100,7 +116,7 @@ class GrpcServer:
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", max_message_bytes)]
         self._server = grpc.server(self._executor, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(registry), self._server)
+            PredictionServicer(registry, max_message_bytes), self._server)
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"gRPC could not bind {host}:{port}")

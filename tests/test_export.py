@@ -150,7 +150,7 @@ def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path,
             alias: info.dtype for alias, info in expected.items()}
         assert {tf.make_ndarray(proto).shape[0] for proto in request.inputs.values()} == {rows}
     assert ServingLimits.read(path) == ServingLimits(max_length=48, max_rows=64, max_prompt_bytes=48 * 48,
-                                                     max_image_bytes=20 << 20)
+                                                     max_image_bytes=20 << 20, max_image_pixels=50_000_000)
     assert read_batching_parameters(os.path.join(base, BATCHING_PARAMETERS)) == {
         "max_batch_size": 8, "batch_timeout_micros": 2000, "allowed_batch_sizes": [1, 2, 4, 8]}
     config = text_format.Parse(open(os.path.join(base, MODELS_CONFIG)).read(),
@@ -208,6 +208,11 @@ def test_vision_export_with_xla_takes_image_bytes_like_the_in_process_model(tiny
         serve(loaded, prompt=["x"], images=[[b"not an image"]])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"markers other than its number of `images`"):
         serve(loaded, prompt=["<start_of_image> and <start_of_image>"], images=[[image_a]])
+    # A header claiming 10000 x 10000 pixels is refused before decoding (a real one of one colour is ~1 MB).
+    bomb = image_b[:16] + (10_000).to_bytes(4, "big") * 2 + image_b[24:]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"`images\[1\]\[1\]` is 10000 x 10000 pixels, over the max_image_pixels=50000000"):
+        serve(loaded, prompt=prompts[:2], images=[[image_a, b""], [image_a, bomb]], max_new_tokens=2)
 
 
 @pytest.mark.parametrize("vision, jit_compile, dtype", [(False, True, "bfloat16"), (True, False, "float32")],

@@ -20,7 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import requests
+import tensorflow as tf
 from serving_toy_model import write_toy_model
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from gemma3_tf.export import BATCHING_PARAMETERS
 from serving.client import GrpcClient, RestClient, ServingError
@@ -195,6 +198,23 @@ def test_grpc_messages_over_the_limit_are_refused_before_parsing(server):
     client = GrpcClient(f"{HOST}:{server.grpc_port}", "toy", retries=0)
     with pytest.raises(ServingError, match="RESOURCE_EXHAUSTED|larger than max"):
         client.generate("x" * (2 * MAX_BODY_BYTES))
+    assert_still_serving(server)
+
+
+def test_grpc_tensors_claiming_more_than_they_carry_are_refused_before_allocation(server):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"{HOST}:{server.grpc_port}"))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "toy"
+    request.inputs["prompt"].CopyFrom(tf.make_tensor_proto(["ok"]))
+    # One value for a shape of 2e9: tf.make_ndarray would repeat it into 8 GB.
+    claim = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[0.5])
+    claim.tensor_shape.dim.add(size=2_000_000_000)
+    request.inputs["temperature"].CopyFrom(claim)
+    assert len(request.SerializeToString()) < 100
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "temperature: shape [2000000000] holds more than the grpc_max_message_bytes" in error.value.details()
     assert_still_serving(server)
 
 

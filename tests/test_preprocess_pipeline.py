@@ -57,6 +57,7 @@ BAD = {  # id -> expected reason code
     "three-images": "too_many_images",
     "mismatch": "image_count_mismatch",
     "too-long": "too_long",
+    "huge-image": "image_too_large",
 }
 
 
@@ -69,6 +70,8 @@ def manifest(tmp_path_factory):
         write_image(root / "images" / f"{index}.png", width, height, index)
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(root / "images" / "4.jpg", quality=90)
     (root / "images" / "corrupt.png").write_bytes(b"\x89PNG not really")
+    small = (root / "images" / "0.png").read_bytes()  # its header patched to claim 10000 x 10000 pixels
+    (root / "images" / "huge.png").write_bytes(small[:16] + (10_000).to_bytes(4, "big") * 2 + small[24:])
     rows = [
         {"id": "caption-0", "prompt": GOOD["caption-0"][0], "response": GOOD["caption-0"][1],
          "images": ["images/0.png"]},
@@ -86,6 +89,7 @@ def manifest(tmp_path_factory):
          "images": ["images/0.png"]},
         {"id": "long-response", "prompt": GOOD["long-response"][0], "response": GOOD["long-response"][1]},
         {"id": "too-long", "prompt": "word " * 200, "response": "b"},
+        {"id": "huge-image", "prompt": "x", "response": "y", "images": ["images/huge.png"]},
     ]
     lines = [json.dumps(row).encode() for row in rows] + [b"{not json", b"[1, 2]", NOT_UTF8]
     (root / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")

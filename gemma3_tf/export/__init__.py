@@ -23,7 +23,7 @@ __all__ = ["export_model", "ServingModule", "check_servable_ops", "check_session
 
 def export_model(causal_lm, model_base_path, version=None, max_length=ServingLimits.max_length, jit_compile=False,
                  max_rows=ServingLimits.max_rows, max_prompt_bytes=None, max_image_bytes=ServingLimits.max_image_bytes,
-                 warmup=True, batch_sizes=DEFAULT_BATCH_SIZES, warmup_prompt_tokens=DEFAULT_WARMUP_PROMPT_TOKENS,
+                 max_image_pixels=ServingLimits.max_image_pixels, warmup=True, batch_sizes=DEFAULT_BATCH_SIZES, warmup_prompt_tokens=DEFAULT_WARMUP_PROMPT_TOKENS,
                  log=print):
     """Exports `causal_lm` (with its preprocessor) as `model_base_path/VERSION/` for TF Serving.
 
@@ -32,7 +32,7 @@ def export_model(causal_lm, model_base_path, version=None, max_length=ServingLim
             is (re)written to list every model under BASE, and `BASE/batching_parameters.txt` to
             allow `batch_sizes`.
         version: an int; default one above the highest present (1 for the first).
-        max_length, max_rows, max_prompt_bytes, max_image_bytes: what one request may hold, checked in the
+        max_length, max_rows, max_prompt_bytes, max_image_bytes, max_image_pixels: what one request may hold, checked in the
             graph and written to `assets.extra/limits.json` (see `ServingLimits`; max_prompt_bytes None: as
             many bytes as `max_length` tokens can span).
         jit_compile: XLA for the decode loop (see `ServingModule`).
@@ -47,7 +47,7 @@ def export_model(causal_lm, model_base_path, version=None, max_length=ServingLim
     version = version if version is not None else (versions(model_base_path) or [0])[-1] + 1
     if int(version) < 1:
         raise ValueError(f"`version` must be a positive integer. Received: {version}")
-    limits = ServingLimits(max_length, max_rows, max_prompt_bytes or 0, max_image_bytes)
+    limits = ServingLimits(max_length, max_rows, max_prompt_bytes or 0, max_image_bytes, max_image_pixels)
     if max(batch_sizes) > limits.max_rows:
         raise ValueError(f"`batch_sizes` go up to {max(batch_sizes)}, over `max_rows`={limits.max_rows}: TF Serving's "
                          "merged batches would be refused.")

@@ -12,6 +12,8 @@ import os
 
 import tensorflow as tf
 
+from gemma3_tf.preprocessing import MAX_IMAGE_PIXELS
+
 LIMITS_FILE = os.path.join("assets.extra", "limits.json")
 # Bytes of prompt text allowed per token of `max_length`: the longest pieces of Gemma 3's vocabulary are 48
 # bytes (16 em dashes, measured over its 262144 pieces), so a longer prompt cannot fit: refusing it by its
@@ -29,12 +31,14 @@ class ServingLimits:
         max_prompt_bytes: most bytes of a prompt (or a `score` response) before tokenizing; 0 means
             `PROMPT_BYTES_PER_TOKEN * max_length`.
         max_image_bytes: most bytes of one encoded image.
+        max_image_pixels: most pixels of one image, read from its header before it is decoded.
     """
 
     max_length: int = 2048
     max_rows: int = 64
     max_prompt_bytes: int = 0
     max_image_bytes: int = 20 << 20
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         if not self.max_prompt_bytes:

@@ -123,7 +123,7 @@ class ServingModule(tf.Module):
                         "bytes of this export."),
         ]
         with tf.control_dependencies(checks):
-            features = self._run.preprocessor.serving_features(prompt, images)
+            features = self._run.preprocessor.serving_features(prompt, images, self.limits.max_image_pixels)
         token_ids, padding_mask = features["token_ids"], features["padding_mask"]
         lengths = tf.reduce_sum(padding_mask, axis=1)
         room = self._max_length - lengths
