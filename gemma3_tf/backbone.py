@@ -193,22 +193,32 @@ class Gemma3Backbone(keras.Model):
         names = ["query", "value"]
         return names if self.text_only_model else names + ["query_proj", "value_proj"]
 
-    def enable_lora(self, rank, target_names=None):
-        """Freezes the backbone and adds rank-`rank` LoRA adapters (Keras' own) to the named projections."""
-        target_names = target_names or self.default_lora_layer_names()
-        self.trainable = True
-        layers = list(self._flatten_layers(include_self=False))
-        for layer in layers:
-            layer.trainable = False
-        enabled = [layer for layer in layers if layer.name in target_names and hasattr(layer, "enable_lora")]
+    def enable_lora(self, rank, target_layer_names=None):
+        """Freezes the backbone and adds rank-`rank` LoRA adapters (Keras' own) to the named layers, as
+        keras-hub's does: their kernels freeze, their biases (the vision tower's) stay trainable."""
+        target_layer_names = target_layer_names or self.default_lora_layer_names()
+        weighted = keras_preset.layers_with_weights(self)
+        enabled = [index for index, layer in enumerate(weighted)
+                   if layer.name in target_layer_names and hasattr(layer, "enable_lora")]
         if not enabled:
-            raise ValueError(f"`target_names` {list(target_names)} match no layer that supports LoRA.")
-        for layer in enabled:
-            layer.trainable = True
-            layer.enable_lora(rank)  # freezes the kernel
-            if getattr(layer, "bias", None) is not None:
-                layer.bias.trainable = False
+            raise ValueError(f"`target_layer_names` {list(target_layer_names)} match no layer that supports LoRA.")
+        self.trainable = True
+        for layer in self._flatten_layers(include_self=False):
+            layer.trainable = False
+        for index in enabled:
+            weighted[index].trainable = True
+            weighted[index].enable_lora(rank)  # freezes the kernel
         self.lora_rank = rank
+        # keras-hub's names: its `.lora.h5` files identify the layers by these indices.
+        self._lora_rank, self._lora_enabled_layers = rank, enabled
+
+    def save_lora_weights(self, filepath):
+        """The LoRA factors alone, in keras-hub's `.lora.h5` format: keras-hub loads them, and we load its."""
+        keras_preset.save_lora_weights(self, filepath)
+
+    def load_lora_weights(self, filepath):
+        """Factors of `save_lora_weights` (ours or keras-hub's); enables LoRA at their rank if it is not."""
+        keras_preset.load_lora_weights(self, filepath)
 
     def get_config(self):
         return {

@@ -102,6 +102,11 @@ class Gemma3VisionEncoderBlock(keras.layers.Layer):
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.layer_norm_epsilon = layer_norm_epsilon
+        # Sublayers in keras-hub's order: its `.lora.h5` files name a layer by its index in the order Keras
+        # tracks them.
+        self.encoder_layer_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="encoder_layer_norm"
+        )
         self.vision_embeddings = Gemma3VisionEmbedding(
             image_size, patch_size, hidden_dim, dtype=self.dtype_policy, name="encoder_embeddings"
         )
@@ -110,9 +115,6 @@ class Gemma3VisionEncoderBlock(keras.layers.Layer):
                                      dtype=self.dtype_policy, name=f"encoder_block_{i}")
             for i in range(num_layers)
         ]
-        self.encoder_layer_norm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="encoder_layer_norm"
-        )
 
     def build(self, input_shape):
         self.vision_embeddings.build((None, self.image_size, self.image_size, 3))

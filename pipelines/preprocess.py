@@ -295,7 +295,7 @@ def main(argv=None):
     counts = Schema.load(args.output_dir).counts
     print(f"gemma3-tf preprocess: {counts['read']} rows read, {counts['written']} examples written to "
           f"{args.output_dir} in {counts['shards']} shards, {sum(counts['rejected'].values())} rejected "
-          f"{counts['rejected'] or ''}".rstrip() + (f", {counts['repeated_ids']} rows repeat an id before them"
+          f"{counts['rejected'] or ''}".rstrip() + (f", repeated ids: {counts['repeated_ids']} (written)"
                                                     if counts["repeated_ids"] else ""))
     return counts
 

@@ -68,25 +68,27 @@ def test_config_round_trip_and_keras_file(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(causal_lm(inputs)))
 
 
-def test_lora_trains_only_adapters_on_query_and_value():
+def test_lora_trains_adapters_on_query_and_value_and_the_vision_biases_as_keras_hub():
     backbone = make_backbone(vision=True)
     inputs = vision_inputs((1, 1))
     before = np.asarray(backbone(inputs))
     backbone.enable_lora(rank=2)
     trainable = sorted({w.path.rsplit("/", 2)[-2] + "/" + w.name for w in backbone.trainable_weights})
-    assert trainable == [
-        "query/lora_kernel_a", "query/lora_kernel_b", "query_proj/lora_kernel_a", "query_proj/lora_kernel_b",
-        "value/lora_kernel_a", "value/lora_kernel_b", "value_proj/lora_kernel_a", "value_proj/lora_kernel_b",
+    assert trainable == [  # the vision projections' biases stay trainable, as in keras-hub (test_keras_hub_parity)
+        "query/lora_kernel_a", "query/lora_kernel_b", "query_proj/bias", "query_proj/lora_kernel_a",
+        "query_proj/lora_kernel_b", "value/lora_kernel_a", "value/lora_kernel_b", "value_proj/bias",
+        "value_proj/lora_kernel_a", "value_proj/lora_kernel_b",
     ]
-    # 7 decoder layers x (query, value) + 2 vision layers x (query_proj, value_proj), two factors each.
-    assert len(backbone.trainable_weights) == (7 * 2 + 2 * 2) * 2
+    # 7 decoder layers x (query, value) x two factors + 2 vision layers x (query_proj, value_proj) x (two factors
+    # and the bias).
+    assert len(backbone.trainable_weights) == 7 * 2 * 2 + 2 * 2 * 3
     np.testing.assert_allclose(np.asarray(backbone(inputs)), before, atol=1e-6)  # B starts at zero
 
     other = make_backbone()
-    other.enable_lora(rank=2, target_names=["ffw_linear"])
+    other.enable_lora(rank=2, target_layer_names=["ffw_linear"])
     assert {w.path.split("/")[-2] for w in other.trainable_weights} == {"ffw_linear"}
     with pytest.raises(ValueError, match="match no layer that supports LoRA"):
-        make_backbone().enable_lora(rank=2, target_names=["no_such_layer"])
+        make_backbone().enable_lora(rank=2, target_layer_names=["no_such_layer"])
 
 
 def test_dropout_only_in_training():

@@ -69,3 +69,41 @@ def test_keras_hub_loads_our_weights(tmp_path):
     reference.load_weights(str(tmp_path / "ours.weights.h5"))
     inputs = vision_inputs((1, 2))
     np.testing.assert_allclose(np.asarray(reference(inputs)), np.asarray(ours(inputs)), atol=TOLERANCE)
+
+
+def _set_lora_factors(backbone, seed):
+    """Non-zero LoRA factors (B starts at zero, which would make any file look right)."""
+    rng = np.random.default_rng(seed)
+    for weight in backbone.weights:
+        if weight.path.endswith(("lora_kernel_a", "lora_kernel_b")):
+            weight.assign(rng.normal(0.0, 0.3, weight.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("vision", [False, True], ids=["text", "vision"])
+def test_lora_trains_what_keras_hub_trains_and_lora_files_cross_both_ways(tmp_path, vision):
+    reference, ours = build_pair(tmp_path, vision=vision, seed=7)
+    reference.enable_lora(4)
+    ours.enable_lora(4)
+    assert sorted(w.path for w in ours.trainable_weights) == sorted(w.path for w in reference.trainable_weights)
+    assert ours.count_params() == reference.count_params()
+    assert (sum(int(np.prod(w.shape)) for w in ours.trainable_weights)
+            == sum(int(np.prod(w.shape)) for w in reference.trainable_weights))
+    inputs = vision_inputs((1, 2)) if vision else text_inputs()
+    # keras-hub's file -> ours.
+    _set_lora_factors(reference, seed=1)
+    reference.save_lora_weights(str(tmp_path / "keras_hub.lora.h5"))
+    fresh_reference, fresh_ours = build_pair(tmp_path, vision=vision, seed=7)
+    fresh_ours.load_lora_weights(str(tmp_path / "keras_hub.lora.h5"))  # enables LoRA at the file's rank
+    np.testing.assert_allclose(np.asarray(fresh_ours(inputs)), np.asarray(reference(inputs)), atol=TOLERANCE)
+    # Ours -> keras-hub's.
+    _set_lora_factors(ours, seed=2)
+    ours.save_lora_weights(str(tmp_path / "ours.lora.h5"))
+    fresh_reference.load_lora_weights(str(tmp_path / "ours.lora.h5"))
+    np.testing.assert_allclose(np.asarray(fresh_reference(inputs)), np.asarray(ours(inputs)), atol=TOLERANCE)
+    assert np.abs(np.asarray(ours(inputs)) - np.asarray(reference(inputs))).max() > 1e-3  # the factors matter
+    with pytest.raises(ValueError, match=r"must end in `.lora.h5`"):
+        ours.save_lora_weights(str(tmp_path / "x.h5"))
+    other = build_pair(tmp_path, vision=vision, seed=7)[1]
+    other.enable_lora(2)
+    with pytest.raises(ValueError, match="rank 4, but this model's LoRA has rank 2"):
+        other.load_lora_weights(str(tmp_path / "ours.lora.h5"))

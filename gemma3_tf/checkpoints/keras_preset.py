@@ -12,10 +12,13 @@ import datetime
 import json
 import math
 import os
+import tempfile
 
 import h5py
 import keras
 import tensorflow as tf
+
+from gemma3_tf import filesystem
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -218,6 +221,54 @@ def save_preprocessor(preprocessor, preset_dir):
     if preprocessor.image_converter is not None:
         _write_json(os.path.join(preset_dir, IMAGE_CONVERTER_CONFIG_FILE),
                     image_converter_json(preprocessor.image_converter))
+
+
+def layers_with_weights(backbone):
+    """The backbone's layers that hold weights, in keras-hub's order: its `.lora.h5` files name layers by their
+    index here (names repeat across blocks)."""
+    return [layer for layer in backbone._flatten_layers(include_self=False) if layer.weights]
+
+
+def save_lora_weights(backbone, filepath):
+    """keras-hub's `Backbone.save_lora_weights` format: `lora/rank`, then `lora/<layer index>` holding
+    `lora_kernel_a` and `lora_kernel_b`. Written with Keras' own H5 store, the one keras-hub writes and reads
+    them with (Keras has no public API for it), so the two agree byte for byte in layout."""
+    from keras.src.saving.saving_lib import H5IOStore
+
+    if not getattr(backbone, "_lora_enabled_layers", None):
+        raise ValueError("The model has no LoRA adapters: call `enable_lora(rank)` first.")
+    if not str(filepath).endswith(".lora.h5"):
+        raise ValueError(f"The filename must end in `.lora.h5`. Received: filepath={filepath}")
+    filepath = str(filepath)
+    layers = layers_with_weights(backbone)
+    with filesystem.local_directory(os.path.dirname(filepath) or ".") as local_dir:
+        store = H5IOStore(os.path.join(local_dir, os.path.basename(filepath)), mode="w")
+        store.make("lora")["rank"] = backbone._lora_rank
+        for index in backbone._lora_enabled_layers:
+            entry = store.make(f"lora/{index}")
+            entry["lora_kernel_a"], entry["lora_kernel_b"] = layers[index].lora_kernel_a, layers[index].lora_kernel_b
+        store.close()
+
+
+def load_lora_weights(backbone, filepath):
+    from keras.src.saving.saving_lib import H5IOStore
+
+    with tempfile.TemporaryDirectory() as scratch:
+        store = H5IOStore(filesystem.local_copy(str(filepath), scratch), mode="r")
+        try:
+            rank = int(store.get("lora")["rank"][()])
+            if not getattr(backbone, "_lora_enabled_layers", None):
+                backbone.enable_lora(rank)
+            elif backbone._lora_rank != rank:
+                raise ValueError(f"{filepath} holds LoRA factors of rank {rank}, but this model's LoRA has rank "
+                                 f"{backbone._lora_rank}: both must match.")
+            layers = layers_with_weights(backbone)
+            for index in backbone._lora_enabled_layers:
+                entry = store.get(f"lora/{index}")
+                layers[index].lora_kernel_a.assign(entry["lora_kernel_a"])
+                layers[index].lora_kernel_b.assign(entry["lora_kernel_b"])
+        finally:
+            store.close()
 
 
 def lora_weights(backbone):

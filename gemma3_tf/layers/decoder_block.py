@@ -59,7 +59,11 @@ class Gemma3DecoderBlock(keras.layers.Layer):
                 equation, output_shape=(None, output_dim), dtype=self.dtype_policy, name=name
             )
 
+        # Sublayers in keras-hub's order: its `.lora.h5` files name a layer by its index in the order Keras
+        # tracks them.
         self.pre_attention_norm = norm("pre_attention_norm")
+        if use_post_attention_norm:
+            self.post_attention_norm = norm("post_attention_norm")
         self.attention = Gemma3Attention(
             hidden_dim=hidden_dim,
             head_dim=head_dim,
@@ -75,14 +79,12 @@ class Gemma3DecoderBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="attention",
         )
-        if use_post_attention_norm:
-            self.post_attention_norm = norm("post_attention_norm")
         self.pre_ffw_norm = norm("pre_ffw_norm")
+        if use_post_ffw_norm:
+            self.post_ffw_norm = norm("post_ffw_norm")
         self.gating_ffw = dense("btd,df->btf", intermediate_dim, "ffw_gating")
         self.gating_ffw_2 = dense("btd,df->btf", intermediate_dim, "ffw_gating_2")
         self.ffw_linear = dense("btf,fd->btd", hidden_dim, "ffw_linear")
-        if use_post_ffw_norm:
-            self.post_ffw_norm = norm("post_ffw_norm")
         self.residual_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
