@@ -76,7 +76,8 @@ class Gemma3CausalLM(keras.Model):
 
     def generate_ids(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=GEMMA_STOP_TOKEN_IDS, seed=None,
                      images=None, vision_indices=None, vision_mask=None, on_step=None):
-        """New token ids [B, max_new_tokens] after right-padded prompts `token_ids`/`padding_mask` [B, T].
+        """New token ids [B, max_new_tokens] after right-padded prompts `token_ids`/`padding_mask` [B, T]
+        (`max_new_tokens` an int, or one per row: then [B, the largest], pad after each row's own).
 
         One XLA-compiled prefill + decode loop per (batch, prompt-length bucket, new-token bucket),
         buckets being powers of two; a row stops after a token in `stop_token_ids` and is padded
@@ -89,7 +90,7 @@ class Gemma3CausalLM(keras.Model):
         return self._decoder(token_ids, padding_mask, max_new_tokens, stop_token_ids, seed=seed, vision=vision,
                              on_step=on_step)
 
-    def generate(self, inputs, max_length=None, stop_token_ids="auto", seed=None, stream=None):
+    def generate(self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False, seed=None, stream=None):
         """Generates text after prompts, as keras-hub's `generate`.
 
         Args:
@@ -99,12 +100,15 @@ class Gemma3CausalLM(keras.Model):
             max_length: total tokens per row, prompt included (default: the preprocessor's
                 `sequence_length`); must exceed the longest prompt.
             stop_token_ids: `"auto"` (`<eos>` and `<end_of_turn>`), ids, or None to run to `max_length`.
+            strip_prompt: return the completions alone, without their prompts.
             seed: for random samplers (see `compile(sampler=...)`); None draws one.
             stream: a callable given, after each generated token, the new text of each row (a
                 list, "" for rows with nothing new; one string for one prompt), or the new ids
                 for token inputs.
-        Returns: prompt + completion strings (one string for one prompt); for preprocessed token
-            inputs, the new token ids [B, max_length - longest prompt] (0 after a row stops).
+        Returns: prompt + completion strings, or the completions with `strip_prompt` (one string for one
+            prompt); for preprocessed token inputs, the new token ids [B, max_length - shortest prompt] (0
+            after a row stops or reaches `max_length`). As in keras-hub, each row runs to `max_length`
+            tokens of its own, so a shorter prompt gets more new tokens.
         """
         token_inputs = isinstance(inputs, dict) and "token_ids" in inputs
         if not token_inputs and self.preprocessor is None:
@@ -136,23 +140,23 @@ class Gemma3CausalLM(keras.Model):
         on_step = None
         if stream is not None:
             on_step = (self._ids_stream(stream, batched) if token_inputs else
-                       self._text_stream(stream, batched, max_length - longest, stop_token_ids))
+                       self._text_stream(stream, batched, max_length - lengths, stop_token_ids))
         new_ids = self.generate_ids(features["token_ids"][:, :longest], features["padding_mask"][:, :longest],
-                                    max_length - longest, stop_token_ids, seed, **vision, on_step=on_step)
+                                    max_length - lengths, stop_token_ids, seed, **vision, on_step=on_step)
         if token_inputs:
             return new_ids if batched else new_ids[0]
         prompts = inputs["prompts"] if isinstance(inputs, dict) else inputs
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        texts = [prompt + completion for prompt, completion in
-                 zip(prompts, self.preprocessor.generate_postprocess(new_ids))]
+        completions = self.preprocessor.generate_postprocess(new_ids)
+        texts = completions if strip_prompt else [prompt + completion for prompt, completion in zip(prompts, completions)]
         return texts if batched else texts[0]
 
     @staticmethod
     def _ids_stream(stream, batched):
         return lambda ids: stream(ids if batched else ids[0])
 
-    def _text_stream(self, stream, batched, max_new_tokens, stop_token_ids):
-        return _TextStream(self.preprocessor, stream, batched, max_new_tokens, stop_token_ids)
+    def _text_stream(self, stream, batched, limits, stop_token_ids):
+        return _TextStream(self.preprocessor, stream, batched, limits, stop_token_ids)
 
 
 class _TextStream:
@@ -163,15 +167,15 @@ class _TextStream:
     still to come) is held back, except at the last step, which sends all that is left.
     """
 
-    def __init__(self, preprocessor, stream, batched, max_new_tokens, stop_token_ids):
+    def __init__(self, preprocessor, stream, batched, limits, stop_token_ids):
         self.preprocessor, self.stream, self.batched = preprocessor, stream, batched
-        self.max_new_tokens, self.stop_token_ids = max_new_tokens, list(stop_token_ids or ())
+        self.limits, self.stop_token_ids = limits, list(stop_token_ids or ())
         self.generated, self.sent = [], None
 
     def __call__(self, ids):
         self.generated.append(ids)
         generated = np.stack(self.generated, axis=1)
-        last = len(self.generated) == self.max_new_tokens or np.isin(generated, self.stop_token_ids).any(-1).all()
+        last = (np.isin(generated, self.stop_token_ids).any(-1) | (len(self.generated) >= self.limits)).all()
         texts = self.preprocessor.generate_postprocess(generated)
         self.sent = self.sent or [""] * len(texts)
         pieces = []

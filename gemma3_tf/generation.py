@@ -93,14 +93,17 @@ class Decoder:
 
     def __call__(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=(), seed=None, vision=None,
                  on_step=None):
-        """token_ids, padding_mask: [B, T] right-padded prompts. Returns new ids [B, max_new_tokens]
-        (pad after a row's stop token; the stop token itself is kept) as a numpy array.
-        `on_step(ids)`, if given, receives each step's ids [B] as they are generated."""
+        """token_ids, padding_mask: [B, T] right-padded prompts; max_new_tokens: an int, or one per row. Returns
+        new ids [B, the largest max_new_tokens] (pad after a row's stop token, which is kept, or its last
+        new token) as a numpy array. `on_step(ids)`, if given, receives each step's ids [B] as they are
+        generated."""
         stop_token_ids = tuple(stop_token_ids or ())
         if len(stop_token_ids) > MAX_STOP_TOKENS:
             raise ValueError(f"`stop_token_ids` holds {len(stop_token_ids)} ids; at most {MAX_STOP_TOKENS}.")
         token_ids = np.asarray(token_ids, "int32")
         batch = len(token_ids)
+        limits = np.broadcast_to(np.asarray(max_new_tokens, "int32"), [batch])
+        max_new_tokens = int(limits.max())
         lengths = np.asarray(padding_mask, "int32").sum(-1).astype("int32")
         bucket = _bucket(token_ids.shape[1])
         token_ids = np.pad(token_ids, [(0, 0), (0, bucket - token_ids.shape[1])])
@@ -112,19 +115,20 @@ class Decoder:
         stops[: len(stop_token_ids)] = stop_token_ids
         vision = None if vision is None else self._pad_vision(vision, bucket)
         if on_step is None:
-            limit = tf.fill([batch], int(max_new_tokens))
-            generated = self.decode_compiled(token_ids, lengths, limit, stops, uniforms, sampling, vision)
+            generated = self.decode_compiled(token_ids, lengths, tf.constant(limits), stops, uniforms, sampling,
+                                             vision)
             return generated.numpy()[:, :max_new_tokens]
-        return self._stream(token_ids, lengths, max_new_tokens, stops, uniforms, sampling, vision, on_step)
+        return self._stream(token_ids, lengths, limits, stops, uniforms, sampling, vision, on_step)
 
-    def _stream(self, token_ids, lengths, max_new_tokens, stop_ids, uniforms, sampling, vision, on_step):
+    def _stream(self, token_ids, lengths, limits, stop_ids, uniforms, sampling, vision, on_step):
         logits, cache, key_mask = self._prefill(token_ids, lengths, uniforms.shape[1], vision)
-        generated = np.full([len(token_ids), max_new_tokens], self.pad_token_id, "int32")
-        done = tf.zeros([len(token_ids)], tf.bool)
-        for step in range(max_new_tokens):
+        generated = np.full([len(token_ids), int(limits.max())], self.pad_token_id, "int32")
+        done = tf.constant(limits <= 0)
+        for step in range(generated.shape[1]):
             position = tf.constant(token_ids.shape[1] + step)
             next_ids, logits, cache, done = self._step(logits, cache, key_mask, uniforms[:, step], sampling,
                                                        position, stop_ids, done)
+            done = tf.logical_or(done, step + 1 >= limits)
             generated[:, step] = next_ids.numpy()
             on_step(generated[:, step].copy())
             if done.numpy().all():

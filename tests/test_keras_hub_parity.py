@@ -107,3 +107,20 @@ def test_lora_trains_what_keras_hub_trains_and_lora_files_cross_both_ways(tmp_pa
     other.enable_lora(2)
     with pytest.raises(ValueError, match="rank 4, but this model's LoRA has rank 2"):
         other.load_lora_weights(str(tmp_path / "ours.lora.h5"))
+
+
+def test_generate_with_and_without_strip_prompt_equals_keras_hubs(tmp_path, tiny_proto):
+    reference, ours = build_pair(tmp_path, config=dict(TEXT_CONFIG, vocabulary_size=400), seed=8)
+    reference_lm = keras_hub.models.Gemma3CausalLM(
+        backbone=reference, preprocessor=keras_hub.models.Gemma3CausalLMPreprocessor(
+            keras_hub.models.Gemma3Tokenizer(proto=tiny_proto), sequence_length=24))
+    our_lm = gemma3_tf.Gemma3CausalLM(ours, gemma3_tf.Gemma3CausalLMPreprocessor(
+        gemma3_tf.Gemma3Tokenizer(tiny_proto), sequence_length=24))
+    reference_lm.compile(sampler="greedy")
+    our_lm.compile(sampler="greedy")
+    prompts = ["Hello world", "The quick brown fox jumps"]
+    for strip_prompt in (False, True):
+        expected = reference_lm.generate(prompts, max_length=24, strip_prompt=strip_prompt)
+        assert our_lm.generate(prompts, max_length=24, strip_prompt=strip_prompt) == expected
+        assert our_lm.generate(prompts[1], max_length=24, strip_prompt=strip_prompt) == expected[1]
+    assert all(expected) and not any(text.startswith(prompt) for text, prompt in zip(expected, prompts))
