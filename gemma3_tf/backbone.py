@@ -285,6 +285,11 @@ class Gemma3Backbone(keras.Model):
         checkpoint.load_weights(backbone, progress=progress)
         return backbone
 
+    def export_to_transformers(self, path):
+        """A transformers checkpoint (`config.json` and safetensors weights, LoRA merged), what `gemma3-tf
+        convert --format hf` writes without a tokenizer."""
+        checkpoints.huggingface.save(self, path)
+
     def save_to_preset(self, preset_dir, max_shard_size=10, merge_lora=True):
         """Writes a keras-hub preset directory (weights sharded above `max_shard_size` GB).
 

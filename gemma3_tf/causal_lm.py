@@ -68,6 +68,11 @@ class Gemma3CausalLM(keras.Model):
             if self.preprocessor is not None:
                 self.preprocessor.save_to_preset(local_dir)
 
+    def export_to_transformers(self, path):
+        """A transformers checkpoint of the model (and its tokenizer, with a preprocessor), what `gemma3-tf
+        convert --format hf` writes: `Gemma3ForCausalLM` (text) or `Gemma3ForConditionalGeneration` (vision)."""
+        checkpoints.huggingface.save(self.backbone, path, self.preprocessor.tokenizer if self.preprocessor else None)
+
     def compile(self, *args, sampler="greedy", **kwargs):
         """Keras `compile`, plus the `sampler` that `generate` uses (a name or a `gemma3_tf.samplers` instance)."""
         super().compile(*args, **kwargs)

@@ -462,3 +462,7 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         """The tokenizer's files and keras-hub's `preprocessor.json` (and `image_converter.json`)."""
         with filesystem.local_directory(preset_dir) as local_dir:
             keras_preset.save_preprocessor(self, local_dir)
+
+    def export_to_transformers(self, path):
+        """The tokenizer's transformers file (`tokenizer.model`)."""
+        self.tokenizer.export_to_transformers(path)

@@ -289,3 +289,9 @@ class Gemma3Tokenizer(keras.layers.Layer):
         """Writes `tokenizer.json` and `assets/tokenizer/vocabulary.spm` as keras-hub does."""
         with filesystem.local_directory(preset_dir) as local_dir:
             keras_preset.save_tokenizer(self, local_dir)
+
+    def export_to_transformers(self, path):
+        """Writes `tokenizer.model`, the tokenizer file of a transformers checkpoint, as keras-hub's does."""
+        from gemma3_tf.checkpoints import huggingface
+
+        huggingface.save_tokenizer(self, path)

@@ -129,3 +129,33 @@ def test_unsupported_configs_are_named(tmp_path, change, message):
     (target / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         gemma3_tf.Gemma3Backbone.from_preset(str(target), load_weights=False)
+
+
+@pytest.mark.parametrize("name", ["gemma3_text", "gemma3_multimodal"])
+def test_export_to_transformers_writes_what_convert_writes(name, tmp_path, tiny_proto):
+    """keras-hub's `export_to_transformers` on the backbone, the causal LM and the tokenizer."""
+    causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(str(HF_TINY / name), progress=False)
+    tokenizer = gemma3_tf.Gemma3Tokenizer(tiny_proto)
+    causal_lm.preprocessor = gemma3_tf.Gemma3CausalLMPreprocessor(tokenizer)
+    huggingface.save(causal_lm.backbone, str(tmp_path / "convert"), tokenizer, progress=False)  # `convert --format hf`
+    causal_lm.export_to_transformers(str(tmp_path / "causal_lm"))
+    causal_lm.backbone.export_to_transformers(str(tmp_path / "backbone"))
+    tokenizer.export_to_transformers(str(tmp_path / "tokenizer"))
+
+    def files(directory):
+        return {path.name: path.read_bytes() for path in sorted((tmp_path / directory).iterdir())}
+
+    written = files("convert")
+    assert set(written) == {"config.json", "model.safetensors", "tokenizer.model"}
+    assert files("causal_lm") == written
+    backbone_files = files("backbone")
+    assert backbone_files["model.safetensors"] == written["model.safetensors"] and "tokenizer.model" not in backbone_files
+    # Without a tokenizer, a vision config keeps transformers' default image token ids (the tokenizer's otherwise).
+    def config_but_image_token_ids(files):
+        config = json.loads(files["config.json"])
+        return {key: value for key, value in config.items() if key not in ("boi_token_index", "eoi_token_index")}
+
+    assert config_but_image_token_ids(backbone_files) == config_but_image_token_ids(written)
+    assert files("tokenizer") == {"tokenizer.model": tiny_proto}
+    assert_logits_match(gemma3_tf.Gemma3CausalLM.from_preset(str(tmp_path / "causal_lm"), progress=False),
+                        golden(name))

@@ -18,6 +18,7 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
@@ -397,6 +398,12 @@ def save(backbone, directory, tokenizer=None, max_shard_size=5 * 1024**3, progre
                 json.dump(index, file, indent=2)
         with open(os.path.join(local_dir, CONFIG_FILE), "w") as file:
             json.dump(config, file, indent=2)
-        if tokenizer is not None:
-            with open(os.path.join(local_dir, TOKENIZER_FILE), "wb") as file:
-                file.write(tokenizer.proto)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory)
+
+
+def save_tokenizer(tokenizer, directory):
+    """`tokenizer.model`, the SentencePiece file transformers' Gemma tokenizers load."""
+    tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(os.path.join(directory, TOKENIZER_FILE), "wb") as file:
+        file.write(tokenizer.proto)
