@@ -17,7 +17,9 @@ from gemma3_tf.vision_encoder import Gemma3VisionEncoder
 class Gemma3Backbone(keras.Model):
     """Gemma 3: token (and image) embeddings -> decoder blocks -> final RMSNorm.
 
-    The constructor is that of `keras_hub.models.Gemma3Backbone`. Inputs:
+    The constructor is that of `keras_hub.models.Gemma3Backbone`, plus `query_pre_attn_scalar`: the queries
+    are scaled by its -1/2 power, as in transformers' config; None (the default) keeps keras-hub's rule
+    (`head_dim` if `query_head_dim_normalize`, else `hidden_dim / num_query_heads`). Inputs:
     `token_ids` [B, T] and `padding_mask` [B, T]; with a vision encoder also
     `images` [B, N, S, S, 3] in [-1, 1], `vision_mask` [B, T] and
     `vision_indices` [B, N * tokens_per_image] (zero-padded). N may be 0.
@@ -41,6 +43,7 @@ class Gemma3Backbone(keras.Model):
         intermediate_dim,
         head_dim,
         query_head_dim_normalize=True,
+        query_pre_attn_scalar=None,
         use_query_key_norm=True,
         use_post_ffw_norm=False,
         use_post_attention_norm=False,
@@ -83,6 +86,7 @@ class Gemma3Backbone(keras.Model):
                     num_query_heads=num_query_heads,
                     num_key_value_heads=num_key_value_heads,
                     query_head_dim_normalize=query_head_dim_normalize,
+                    query_pre_attn_scalar=query_pre_attn_scalar,
                     use_query_key_norm=use_query_key_norm,
                     use_post_ffw_norm=use_post_ffw_norm,
                     use_post_attention_norm=use_post_attention_norm,
@@ -121,6 +125,7 @@ class Gemma3Backbone(keras.Model):
         self.intermediate_dim = intermediate_dim
         self.head_dim = head_dim
         self.query_head_dim_normalize = query_head_dim_normalize
+        self.query_pre_attn_scalar = query_pre_attn_scalar
         self.use_query_key_norm = use_query_key_norm
         self.use_post_ffw_norm = use_post_ffw_norm
         self.use_post_attention_norm = use_post_attention_norm
@@ -234,6 +239,7 @@ class Gemma3Backbone(keras.Model):
             "intermediate_dim": self.intermediate_dim,
             "head_dim": self.head_dim,
             "query_head_dim_normalize": self.query_head_dim_normalize,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar,
             "use_query_key_norm": self.use_query_key_norm,
             "use_post_ffw_norm": self.use_post_ffw_norm,
             "use_post_attention_norm": self.use_post_attention_norm,

@@ -32,7 +32,7 @@ def assert_logits_match(causal_lm, data):
     np.testing.assert_allclose(logits[valid], data["logits"][valid], atol=TOLERANCE, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["gemma3_text", "gemma3_text_qpas", "gemma3_multimodal"])
+@pytest.mark.parametrize("name", ["gemma3_text", "gemma3_text_qpas", "gemma3_text_qpas_12", "gemma3_multimodal"])
 def test_transformers_checkpoint_matches_transformers_logits(name):
     causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(str(HF_TINY / name), progress=False)
     assert_logits_match(causal_lm, golden(name))
@@ -41,6 +41,9 @@ def test_transformers_checkpoint_matches_transformers_logits(name):
 def test_config_mapping():
     qpas = huggingface.backbone_config(json.loads((HF_TINY / "gemma3_text_qpas" / "config.json").read_text()))
     assert qpas["query_head_dim_normalize"] is False  # query_pre_attn_scalar 16 = hidden / heads, not head_dim 8
+    assert qpas["query_pre_attn_scalar"] is None  # keras-hub's rule gives it
+    other = huggingface.backbone_config(json.loads((HF_TINY / "gemma3_text_qpas_12" / "config.json").read_text()))
+    assert other["query_pre_attn_scalar"] == 12  # neither rule does
     text = huggingface.backbone_config(json.loads((HF_TINY / "gemma3_text" / "config.json").read_text()))
     assert text["global_rope_scaling_factor"] == 8.0 and text["local_rope_scaling_factor"] == 1.0
     assert text["final_logit_soft_cap"] == 3.0 and text["attention_logit_soft_cap"] is None
@@ -48,7 +51,7 @@ def test_config_mapping():
     assert multimodal["vision_encoder"]["pool_size"] == 2 and multimodal["vocabulary_size"] == 72
 
 
-@pytest.mark.parametrize("name", ["gemma3_text", "gemma3_multimodal"])
+@pytest.mark.parametrize("name", ["gemma3_text", "gemma3_text_qpas_12", "gemma3_multimodal"])
 def test_written_transformers_checkpoint_has_transformers_layout_and_round_trips(name, tmp_path):
     source = HF_TINY / name
     backbone = gemma3_tf.Gemma3Backbone.from_preset(str(source), progress=False)
@@ -117,7 +120,6 @@ def test_truncated_and_missing_weights(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "llama"}, r"`model_type` is 'llama'; expected 'gemma3_text'"),
-    ({"query_pre_attn_scalar": 5}, r"`query_pre_attn_scalar` is 5; .* head_dim \(8\) or hidden_size"),
     ({"hidden_activation": "relu"}, r"`hidden_activation` is 'relu'"),
     ({"layer_types": ["full_attention"] * 7}, r"`layer_types` is \['full_attention'"),
     ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6}}},
@@ -159,3 +161,20 @@ def test_export_to_transformers_writes_what_convert_writes(name, tmp_path, tiny_
     assert files("tokenizer") == {"tokenizer.model": tiny_proto}
     assert_logits_match(gemma3_tf.Gemma3CausalLM.from_preset(str(tmp_path / "causal_lm"), progress=False),
                         golden(name))
+
+
+@pytest.mark.parametrize("name, keras_hub_loads", [("gemma3_text_qpas", True), ("gemma3_text_qpas_12", False)])
+def test_keras_presets_hold_any_query_pre_attn_scalar_and_keras_hub_loads_what_it_can_express(
+        name, keras_hub_loads, tmp_path):
+    import keras_hub
+
+    gemma3_tf.Gemma3Backbone.from_preset(str(HF_TINY / name), progress=False).save_to_preset(str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["registered_name"] == ("keras_hub>Gemma3Backbone" if keras_hub_loads else "gemma3_tf>Gemma3Backbone")
+    assert_logits_match(gemma3_tf.Gemma3CausalLM.from_preset(str(tmp_path), progress=False), golden(name))
+    if keras_hub_loads:  # query_pre_attn_scalar = hidden / heads: keras-hub's query_head_dim_normalize=False
+        # (which keras-hub 0.32 stores but does not use: its decoder block builds the attention with True).
+        assert keras_hub.models.Gemma3Backbone.from_preset(str(tmp_path)).query_head_dim_normalize is False
+    else:  # refused by name, rather than loaded as a model that computes something else
+        with pytest.raises(ValueError, match="Saved preset has type `Gemma3Backbone` which is not a subclass"):
+            keras_hub.models.Gemma3Backbone.from_preset(str(tmp_path))

@@ -146,9 +146,6 @@ def backbone_config(config, description="config.json"):
     if list(layer_types) != ours:
         raise _unsupported(description, "layer_types", layer_types, "five sliding layers, then one full, repeated")
     query_scale = text["query_pre_attn_scalar"]
-    if query_scale not in (text["head_dim"], hidden // heads):
-        raise _unsupported(description, "query_pre_attn_scalar", query_scale,
-                           f"head_dim ({text['head_dim']}) or hidden_size / num_attention_heads ({hidden // heads})")
     vision_encoder, image_size = None, None
     if multimodal:
         vision = {**_VISION_DEFAULTS, **(config.get("vision_config") or {})}
@@ -176,7 +173,9 @@ def backbone_config(config, description="config.json"):
         hidden_dim=hidden,
         intermediate_dim=text["intermediate_size"],
         head_dim=text["head_dim"],
-        query_head_dim_normalize=query_scale == text["head_dim"],
+        # keras-hub's two rules where one gives the value, so that its presets can hold the model.
+        query_head_dim_normalize=query_scale != hidden / heads,
+        query_pre_attn_scalar=None if query_scale in (text["head_dim"], hidden / heads) else query_scale,
         use_query_key_norm=True,
         use_post_ffw_norm=True,
         use_post_attention_norm=True,
@@ -319,8 +318,8 @@ def hf_config(backbone, image_token_ids=None):
         num_attention_heads=backbone.num_query_heads,
         num_key_value_heads=backbone.num_key_value_heads,
         head_dim=backbone.head_dim,
-        query_pre_attn_scalar=(backbone.head_dim if backbone.query_head_dim_normalize
-                               else backbone.hidden_dim // backbone.num_query_heads),
+        query_pre_attn_scalar=backbone.query_pre_attn_scalar or (
+            backbone.head_dim if backbone.query_head_dim_normalize else backbone.hidden_dim // backbone.num_query_heads),
         hidden_activation="gelu_pytorch_tanh",
         rms_norm_eps=backbone.layer_norm_epsilon,
         sliding_window=backbone.sliding_window_size,

@@ -151,11 +151,20 @@ def _keras_hub_object(class_name, config):
 
 
 def backbone_json(backbone):
-    """`config.json` for `backbone`, naming keras-hub's classes."""
+    """`config.json` for `backbone`, naming keras-hub's classes. A `query_pre_attn_scalar` keras-hub can express
+    becomes its `query_head_dim_normalize`; one it cannot is kept, and the config names our class, so that
+    keras-hub refuses it by name rather than load a model that computes something else."""
     config = backbone.get_config()
     if backbone.vision_encoder is not None:
         config["vision_encoder"] = _keras_hub_object("Gemma3VisionEncoder", backbone.vision_encoder.get_config())
-    return _keras_hub_object("Gemma3Backbone", config)
+    scalar = config.pop("query_pre_attn_scalar")
+    if scalar is None:
+        return _keras_hub_object("Gemma3Backbone", config)
+    if scalar in (backbone.head_dim, backbone.hidden_dim / backbone.num_query_heads):
+        config["query_head_dim_normalize"] = scalar == backbone.head_dim
+        return _keras_hub_object("Gemma3Backbone", config)
+    return {"module": "gemma3_tf.backbone", "class_name": "Gemma3Backbone",
+            "config": {**config, "query_pre_attn_scalar": scalar}, "registered_name": _BACKBONE_NAMES[1]}
 
 
 def tokenizer_json(tokenizer):

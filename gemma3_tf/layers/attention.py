@@ -64,6 +64,7 @@ class Gemma3Attention(keras.layers.Layer):
         num_query_heads,
         num_key_value_heads,
         query_head_dim_normalize=True,
+        query_pre_attn_scalar=None,
         use_query_key_norm=True,
         logit_soft_cap=None,
         rope_wavelength=10_000.0,
@@ -83,6 +84,7 @@ class Gemma3Attention(keras.layers.Layer):
         self.num_query_heads = num_query_heads
         self.num_key_value_heads = num_key_value_heads
         self.query_head_dim_normalize = query_head_dim_normalize
+        self.query_pre_attn_scalar = query_pre_attn_scalar
         self.use_query_key_norm = use_query_key_norm
         self.logit_soft_cap = logit_soft_cap
         self.rope_wavelength = rope_wavelength
@@ -90,8 +92,9 @@ class Gemma3Attention(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
 
-        # HF calls 1/scale^2 `query_pre_attn_scalar`: head_dim, or hidden/heads (27B: 168).
-        scale_dim = head_dim if query_head_dim_normalize else hidden_dim / num_query_heads
+        # Queries are scaled by query_pre_attn_scalar ** -0.5 (transformers' name). keras-hub knows two values,
+        # chosen by `query_head_dim_normalize`: head_dim, or hidden / heads (the 27B's 168); None keeps its rule.
+        scale_dim = query_pre_attn_scalar or (head_dim if query_head_dim_normalize else hidden_dim / num_query_heads)
         self.query_scale = 1.0 / math.sqrt(scale_dim)
 
         def projection(equation, num_heads, name):
@@ -174,6 +177,7 @@ class Gemma3Attention(keras.layers.Layer):
             "num_query_heads": self.num_query_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "query_head_dim_normalize": self.query_head_dim_normalize,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar,
             "use_query_key_norm": self.use_query_key_norm,
             "logit_soft_cap": self.logit_soft_cap,
             "rope_wavelength": self.rope_wavelength,

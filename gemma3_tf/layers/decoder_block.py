@@ -21,6 +21,7 @@ class Gemma3DecoderBlock(keras.layers.Layer):
         num_query_heads,
         num_key_value_heads,
         query_head_dim_normalize=True,
+        query_pre_attn_scalar=None,
         use_query_key_norm=True,
         use_post_ffw_norm=False,
         use_post_attention_norm=False,
@@ -40,6 +41,7 @@ class Gemma3DecoderBlock(keras.layers.Layer):
         self.num_query_heads = num_query_heads
         self.num_key_value_heads = num_key_value_heads
         self.query_head_dim_normalize = query_head_dim_normalize
+        self.query_pre_attn_scalar = query_pre_attn_scalar
         self.use_query_key_norm = use_query_key_norm
         self.use_post_ffw_norm = use_post_ffw_norm
         self.use_post_attention_norm = use_post_attention_norm
@@ -70,6 +72,7 @@ class Gemma3DecoderBlock(keras.layers.Layer):
             num_query_heads=num_query_heads,
             num_key_value_heads=num_key_value_heads,
             query_head_dim_normalize=query_head_dim_normalize,
+            query_pre_attn_scalar=query_pre_attn_scalar,
             use_query_key_norm=use_query_key_norm,
             logit_soft_cap=logit_soft_cap,
             rope_wavelength=rope_wavelength,
@@ -130,6 +133,7 @@ class Gemma3DecoderBlock(keras.layers.Layer):
             "num_query_heads": self.num_query_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "query_head_dim_normalize": self.query_head_dim_normalize,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar,
             "use_query_key_norm": self.use_query_key_norm,
             "use_post_ffw_norm": self.use_post_ffw_norm,
             "use_post_attention_norm": self.use_post_attention_norm,

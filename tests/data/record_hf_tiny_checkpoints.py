@@ -2,12 +2,14 @@
 
 Run with a Python environment that has torch + transformers (5.x) installed:
 
-    /tmp/hfenv/bin/python tests/data/record_hf_tiny_checkpoints.py
+    /tmp/hfenv/bin/python tests/data/record_hf_tiny_checkpoints.py [NAME ...]   # all, or the ones named
 
 Writes into tests/data/hf_tiny/:
 
     gemma3_text/        Gemma3ForCausalLM, 7 layers, soft caps 2.0/3.0, linear rope x8 on global layers
     gemma3_text_qpas/   Gemma3ForCausalLM, query_pre_attn_scalar (16) != head_dim (8), no soft caps
+    gemma3_text_qpas_12/  as gemma3_text_qpas with query_pre_attn_scalar 12: neither head_dim (8) nor
+                        hidden_size / num_attention_heads (16), a value keras-hub cannot express
     gemma3_multimodal/  Gemma3ForConditionalGeneration (SigLIP tower), saved SHARDED
 
 Each directory holds config.json, generation_config.json, the safetensors
@@ -344,21 +346,18 @@ def main() -> int:
     torch.set_num_threads(1)
     os.makedirs(OUT_ROOT, exist_ok=True)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    findings = {}
-    findings["gemma3_text"] = record_text("gemma3_text", seed=1)
-    findings["gemma3_text_qpas"] = record_text(
-        "gemma3_text_qpas",
-        seed=2,
-        hidden_size=32,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        query_pre_attn_scalar=16,
-        intermediate_size=64,
-        attn_logit_softcapping=None,
-        final_logit_softcapping=None,
-    )
-    findings["gemma3_multimodal"] = record_multimodal("gemma3_multimodal", seed=3)
+    qpas = dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=8, intermediate_size=64,
+                attn_logit_softcapping=None, final_logit_softcapping=None)
+    cases = {
+        "gemma3_text": lambda: record_text("gemma3_text", seed=1),
+        "gemma3_text_qpas": lambda: record_text("gemma3_text_qpas", seed=2, query_pre_attn_scalar=16, **qpas),
+        "gemma3_text_qpas_12": lambda: record_text("gemma3_text_qpas_12", seed=4, query_pre_attn_scalar=12, **qpas),
+        "gemma3_multimodal": lambda: record_multimodal("gemma3_multimodal", seed=3),
+    }
+    unknown = sorted(set(sys.argv[1:]) - set(cases))
+    if unknown:
+        raise SystemExit(f"unknown cases {unknown}; known: {sorted(cases)}")
+    findings = {name: record() for name, record in cases.items() if name in (sys.argv[1:] or cases)}
     print("\n===== findings =====")
     print(json.dumps(findings, indent=2))
     return 0
