@@ -1,11 +1,6 @@
 """gemma3-tf: Gemma 3 in Keras 3 on TensorFlow."""
 
-from gemma3_tf import samplers
-from gemma3_tf.backbone import Gemma3Backbone
-from gemma3_tf.causal_lm import Gemma3CausalLM
-from gemma3_tf.preprocessing import Gemma3CausalLMPreprocessor, Gemma3ImageConverter
-from gemma3_tf.tokenizer import Gemma3Tokenizer
-from gemma3_tf.vision_encoder import Gemma3VisionEncoder
+from gemma3_tf._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -13,3 +8,12 @@ __all__ = [
     "Gemma3Backbone", "Gemma3CausalLM", "Gemma3CausalLMPreprocessor", "Gemma3ImageConverter",
     "Gemma3Tokenizer", "Gemma3VisionEncoder", "samplers",
 ]
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    "Gemma3Backbone": "gemma3_tf.backbone:Gemma3Backbone",
+    "Gemma3CausalLM": "gemma3_tf.causal_lm:Gemma3CausalLM",
+    "Gemma3CausalLMPreprocessor": "gemma3_tf.preprocessing:Gemma3CausalLMPreprocessor",
+    "Gemma3ImageConverter": "gemma3_tf.preprocessing:Gemma3ImageConverter",
+    "Gemma3Tokenizer": "gemma3_tf.tokenizer:Gemma3Tokenizer",
+    "Gemma3VisionEncoder": "gemma3_tf.vision_encoder:Gemma3VisionEncoder",
+    "samplers": "gemma3_tf.samplers",
+})

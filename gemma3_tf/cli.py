@@ -90,6 +90,7 @@ def _generate(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="gemma3-tf", description="Gemma 3 on TensorFlow.")
     parser.add_argument("--version", action="version", version=f"gemma3-tf {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="a failing command shows its traceback")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("presets", help="list the built-in presets").set_defaults(run=_presets)
     convert = commands.add_parser(
@@ -147,7 +148,7 @@ def _export(args):
 
 
 def _add_export_parser(commands):
-    from gemma3_tf.export.limits import PROMPT_BYTES_PER_TOKEN, ServingLimits
+    from gemma3_tf.request_limits import PROMPT_BYTES_PER_TOKEN, ServingLimits
 
     export = commands.add_parser("export", help="write a SavedModel version for TF Serving: BASE/NAME/VERSION/")
     export.add_argument("--preset", default="gemma3_270m_q4_k_m",
@@ -182,17 +183,14 @@ def _add_export_parser(commands):
 def _train(args):
     from gemma3_tf import training
 
-    try:
-        training.train(
-            args.preset, args.train_data, args.output_dir, steps=args.steps, epochs=args.epochs,
-            global_batch_size=args.global_batch_size, eval_data=args.eval_data, strategy=args.strategy, tpu=args.tpu,
-            dtype=args.dtype, lora_rank=args.lora_rank, remat=args.remat, merge_lora=not args.keep_lora,
-            learning_rate=args.learning_rate,
-            warmup_steps=args.warmup_steps, decay=args.decay, weight_decay=args.weight_decay, clipnorm=args.clipnorm,
-            checkpoint_every=args.checkpoint_every, log_every=args.log_every, jit_compile=args.jit_compile,
-            seed=args.seed, skip_image_examples=args.skip_image_examples)
-    except ValueError as error:  # data that does not fit the model, bad settings: the message says which
-        raise SystemExit(f"error: {error}") from None
+    training.train(
+        args.preset, args.train_data, args.output_dir, steps=args.steps, epochs=args.epochs,
+        global_batch_size=args.global_batch_size, eval_data=args.eval_data, strategy=args.strategy, tpu=args.tpu,
+        dtype=args.dtype, lora_rank=args.lora_rank, remat=args.remat, merge_lora=not args.keep_lora,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, decay=args.decay,
+        weight_decay=args.weight_decay, clipnorm=args.clipnorm, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, jit_compile=args.jit_compile, seed=args.seed,
+        skip_image_examples=args.skip_image_examples)
 
 
 def _add_train_parser(commands):
@@ -257,15 +255,44 @@ _JOBS = {"preprocess": "pipelines.preprocess", "serve": "serving.server", "query
          "batch-infer": "pipelines.batch_inference"}
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in _JOBS:
-        import importlib
+def _user_errors():
+    """What a user's mistake raises (a missing file, an unknown preset, a bad value, data for another model), as
+    opposed to a bug, whose traceback stays."""
+    errors = (ValueError, OSError)
+    if "tensorflow" in sys.modules:  # loaded by the command by now, if it needed it
+        import tensorflow as tf
 
-        status = importlib.import_module(_JOBS[argv[0]]).main(argv[1:])
-        return status if isinstance(status, int) else 0  # the query command's exit status; jobs return results
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+        errors += (tf.errors.NotFoundError, tf.errors.InvalidArgumentError, tf.errors.PermissionDeniedError)
+    return errors
+
+
+def main(argv=None):
+    """Runs a command. A user's mistake prints one line, `gemma3-tf COMMAND: error: ...`, and returns 2 (with
+    `--verbose`, anywhere on the line, its traceback instead)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "--verbose" in argv
+    argv = [arg for arg in argv if arg != "--verbose"]
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
+    try:
+        if command in _JOBS:
+            import importlib
+
+            status = importlib.import_module(_JOBS[command]).main(argv[1:])
+            return status if isinstance(status, int) else 0  # the query command's exit status; jobs return results
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except SystemExit as stop:  # argparse's own (already printed), or a command's `SystemExit("error: ...")`
+        if not isinstance(stop.code, str) or verbose:
+            raise
+        message = stop.code
+    except Exception as error:
+        if verbose or not isinstance(error, _user_errors()):
+            raise
+        text = getattr(error, "message", None) or str(error)  # a tf.errors.OpError's own message
+        message = f"error: {' '.join(text.split()) or type(error).__name__}"
+    message = message if message.startswith("error: ") else f"error: {message}"
+    print(f"gemma3-tf{' ' + command if command else ''}: {message} (--verbose shows the traceback)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

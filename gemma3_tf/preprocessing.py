@@ -12,16 +12,12 @@ import tensorflow as tf
 
 from gemma3_tf import checkpoints, filesystem
 from gemma3_tf.checkpoints import keras_preset
+from gemma3_tf.request_limits import MAX_IMAGE_PIXELS
 from gemma3_tf.tokenizer import Gemma3Tokenizer
 
 START_OF_IMAGE = "<start_of_image>"
 # The first bytes of the formats `tf.io.decode_image` reads.
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-
-
-# Larger images are refused before decoding: a 20000 x 20000 PNG of one colour is about 1 MB, and decoding it
-# takes 1.2 GB (5.9 GB more as the float32 the resize starts from). 50 MP takes the 48 MP of today's phones.
-MAX_IMAGE_PIXELS = 50_000_000
 
 
 def encoded_image_shape(image):

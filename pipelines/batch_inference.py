@@ -358,7 +358,7 @@ def check_args(args):
     if not FileSystems.exists(FileSystems.join(args.model_path, "saved_model.pb")):
         raise SystemExit(f"error: no saved_model.pb in {args.model_path}; --model_path is a version directory "
                          "BASE/NAME/N of `gemma3-tf export`")
-    limits_file = FileSystems.join(args.model_path, "assets.extra", "limits.json")  # gemma3_tf.export.LIMITS_FILE
+    limits_file = FileSystems.join(args.model_path, "assets.extra", "limits.json")  # gemma3_tf.request_limits
     if FileSystems.exists(limits_file):
         with FileSystems.open(limits_file) as file:
             max_rows = json.load(file)["max_rows"]

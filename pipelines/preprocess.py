@@ -30,8 +30,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from gemma3_tf import checkpoints
 from gemma3_tf.data import SCHEMA_FILE, Schema, serialize_example, tokenizer_fingerprint
-from gemma3_tf.preprocessing import (MAX_IMAGE_PIXELS, START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter,
-                                     chat_prompt, encoded_image_shape, images_in_front)
+from gemma3_tf.preprocessing import (START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter, chat_prompt,
+                                     encoded_image_shape, images_in_front)
+from gemma3_tf.request_limits import MAX_IMAGE_PIXELS
 from gemma3_tf.tokenizer import Gemma3Tokenizer
 from pipelines.rows import Line, ReadLines, Rejected, line_text, parse_jsonl_row, read_image
 

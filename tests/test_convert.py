@@ -32,9 +32,13 @@ def test_convert_transformers_to_keras_and_back(name, tmp_path, capsys):
         np.testing.assert_allclose(after.numpy(), before.numpy(), rtol=1e-2, atol=1e-6)  # bfloat16 rounding
 
 
-def test_convert_reports_a_missing_source(capsys):
-    with pytest.raises(ValueError, match="`preset` 'no/such/dir' is neither an existing file or directory"):
-        cli.main(["convert", "no/such/dir", "out"])
+def test_convert_reports_a_missing_source_in_one_line(capsys):
+    assert cli.main(["convert", "no/such/dir", "out"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("gemma3-tf convert: error: `preset` 'no/such/dir' is neither an existing file or")
+    assert error.count("\n") == 1 and "Traceback" not in error
+    with pytest.raises(ValueError, match="`preset` 'no/such/dir' is neither"):  # --verbose: the traceback
+        cli.main(["convert", "no/such/dir", "out", "--verbose"])
 
 
 @pytest.mark.slow

@@ -601,4 +601,4 @@ def test_server_command_line(model_base):
     assert f"Loaded model toy version 1 ({WARMUP_RECORDS} warmup records)" in stderr
     # Loopback unless --host says otherwise: the server has no authentication.
     assert f"REST API listening on 127.0.0.1:{rest_port}" in stderr
-    assert f"gRPC API listening on 127.0.0.1:{grpc_port}" in stderr and "WARNING" not in stderr
+    assert f"gRPC API listening on 127.0.0.1:{grpc_port}" in stderr and "no authentication" not in stderr

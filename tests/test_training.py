@@ -3,6 +3,7 @@ the TPU path up to its error, and data that does not match the model."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -179,7 +180,8 @@ def test_data_for_another_model_is_refused_before_training(tiny, tmp_path):
         check_data_matches_model(schema, causal_lm, 16)
 
 
-def test_a_text_model_takes_data_made_for_vision_only_when_told_and_then_only_its_rows_without_images(tiny, tmp_path):
+def test_a_text_model_takes_data_made_for_vision_only_when_told_and_then_only_its_rows_without_images(tiny, tmp_path,
+                                                                                                    capsys):
     from gemma3_tf import cli
     from test_preprocessing import png
 
@@ -194,9 +196,10 @@ def test_a_text_model_takes_data_made_for_vision_only_when_told_and_then_only_it
     pattern = str(tmp_path / "data" / "train-*.tfrecord")
     train = ["train", "--preset", tiny[0], "--train_data", pattern, "--output_dir", str(tmp_path / "run"),
              "--steps", "2", "--global_batch_size", "2", "--strategy", "default"]
-    with pytest.raises(SystemExit, match="no vision encoder: preprocess with this model's --preset.*"
-                                         "--skip_image_examples"):
-        cli.main(train)
+    assert cli.main(train) == 2
+    error = capsys.readouterr().err
+    assert re.match(r"gemma3-tf train: error: .*no vision encoder: preprocess with this model's --preset.*"
+                    r"--skip_image_examples", error) and error.count("\n") == 1
     text_only = data.load_tfrecord_dataset(pattern, 1, shuffle=False, with_images=False)
     inputs = [batch[0] for batch in text_only]
     assert len(inputs) == 6 and set(inputs[0]) == {"token_ids", "padding_mask"}

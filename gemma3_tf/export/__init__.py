@@ -9,11 +9,11 @@ import tensorflow as tf
 from gemma3_tf import filesystem
 from gemma3_tf.export.layout import BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, versions
 from gemma3_tf.export.layout import write_batching_parameters, write_models_config, write_version, write_warmup_requests
-from gemma3_tf.export.limits import LIMITS_FILE, ServingLimits
 from gemma3_tf.export.op_check import check_servable_ops, foreign_ops, saved_model_ops
 from gemma3_tf.export.session_check import NotServableError, check_session_path, run_signature
 from gemma3_tf.export.signatures import ServingModule
 from gemma3_tf.export.warmup import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP_PROMPT_TOKENS, check_requests, warmup_requests
+from gemma3_tf.request_limits import LIMITS_FILE, ServingLimits
 from gemma3_tf.tokenizer import VOCAB_FILENAME
 
 __all__ = ["export_model", "ServingModule", "check_servable_ops", "check_session_path", "foreign_ops",
@@ -23,8 +23,8 @@ __all__ = ["export_model", "ServingModule", "check_servable_ops", "check_session
 
 def export_model(causal_lm, model_base_path, version=None, max_length=ServingLimits.max_length, jit_compile=False,
                  max_rows=ServingLimits.max_rows, max_prompt_bytes=None, max_image_bytes=ServingLimits.max_image_bytes,
-                 max_image_pixels=ServingLimits.max_image_pixels, warmup=True, batch_sizes=DEFAULT_BATCH_SIZES, warmup_prompt_tokens=DEFAULT_WARMUP_PROMPT_TOKENS,
-                 log=print):
+                 max_image_pixels=ServingLimits.max_image_pixels, warmup=True, batch_sizes=DEFAULT_BATCH_SIZES,
+                 warmup_prompt_tokens=DEFAULT_WARMUP_PROMPT_TOKENS, log=print):
     """Exports `causal_lm` (with its preprocessor) as `model_base_path/VERSION/` for TF Serving.
 
     Args:

@@ -12,7 +12,6 @@ import types
 import tensorflow as tf
 
 from gemma3_tf import samplers
-from gemma3_tf.export.limits import ServingLimits
 from gemma3_tf.generation import MAX_STOP_TOKENS, MIN_BUCKET, Decoder, call_with_cache
 from gemma3_tf.preprocessing import assert_prompts_not_empty, assert_rows
 

@@ -9,7 +9,6 @@ Data parallelism (TPUStrategy, MirroredStrategy) gives every replica a full copy
 
 import dataclasses
 
-import tensorflow as tf
 
 GIB = 1024**3
 # Memory per chip / device that jobs can use (HBM, or GPU memory).
@@ -80,6 +79,8 @@ def plan(preset, global_batch_size, sequence_length, replicas=1, lora_rank=0, dt
         raise ValueError(f"`dtype` must be one of {sorted(_BYTES)}. Received: {dtype!r}")
     if global_batch_size % replicas:
         raise ValueError(f"global_batch_size={global_batch_size} must be divisible by replicas={replicas}.")
+    import tensorflow as tf  # here: the command line lists DEVICES without loading TensorFlow
+
     with tf.Graph().as_default():  # declared, not allocated
         backbone = Gemma3Backbone.from_preset(preset, load_weights=False, dtype=dtype)
         if lora_rank:

@@ -1,4 +1,5 @@
-"""How much one request may hold. The exported graph refuses more before it does work of that size.
+"""How much one request may hold. The exported graph refuses more before it does work of that size; the
+preprocess job refuses images over the same pixel limit, and batch inference checks its batches against it.
 
 TF Serving has no limits of its own on what a request holds (its gRPC takes messages up to 2 GB), and
 the costly work (tokenizing, the prefill's O(length^2) attention, a KV cache and logits per row) happens
@@ -10,9 +11,9 @@ import dataclasses
 import json
 import os
 
-import tensorflow as tf
-
-from gemma3_tf.preprocessing import MAX_IMAGE_PIXELS
+# Larger images are refused before decoding: a 20000 x 20000 PNG of one colour is about 1 MB, and decoding it
+# takes 1.2 GB (5.9 GB more as the float32 the resize starts from). 50 MP takes the 48 MP of today's phones.
+MAX_IMAGE_PIXELS = 50_000_000
 
 LIMITS_FILE = os.path.join("assets.extra", "limits.json")
 # Bytes of prompt text allowed per token of `max_length`: the longest pieces of Gemma 3's vocabulary are 48
@@ -49,6 +50,8 @@ class ServingLimits:
                 raise ValueError(f"`{field.name}` must be a positive integer. Received: {value!r}")
 
     def write(self, export_dir):
+        import tensorflow as tf  # here, not at the top: the command line reads the defaults without TensorFlow
+
         path = os.path.join(export_dir, LIMITS_FILE)
         tf.io.gfile.makedirs(os.path.dirname(path))
         with tf.io.gfile.GFile(path, "w") as file:
@@ -58,6 +61,8 @@ class ServingLimits:
     @classmethod
     def read(cls, export_dir):
         """The limits an export was written with, or None for an export that predates the file."""
+        import tensorflow as tf
+
         path = os.path.join(export_dir, LIMITS_FILE)
         if not tf.io.gfile.exists(path):
             return None
