@@ -153,7 +153,7 @@ class Gemma3CausalLM(keras.Model):
         prompts = inputs["prompts"] if isinstance(inputs, dict) else inputs
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         completions = self.preprocessor.generate_postprocess(new_ids)
-        texts = completions if strip_prompt else [prompt + completion for prompt, completion in zip(prompts, completions)]
+        texts = completions if strip_prompt else [prompt + text for prompt, text in zip(prompts, completions)]
         return texts if batched else texts[0]
 
     @staticmethod

@@ -151,7 +151,8 @@ def test_export_to_transformers_writes_what_convert_writes(name, tmp_path, tiny_
     assert set(written) == {"config.json", "model.safetensors", "tokenizer.model"}
     assert files("causal_lm") == written
     backbone_files = files("backbone")
-    assert backbone_files["model.safetensors"] == written["model.safetensors"] and "tokenizer.model" not in backbone_files
+    assert backbone_files["model.safetensors"] == written["model.safetensors"]
+    assert "tokenizer.model" not in backbone_files
     # Without a tokenizer, a vision config keeps transformers' default image token ids (the tokenizer's otherwise).
     def config_but_image_token_ids(files):
         config = json.loads(files["config.json"])

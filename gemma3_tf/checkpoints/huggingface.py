@@ -319,7 +319,8 @@ def hf_config(backbone, image_token_ids=None):
         num_key_value_heads=backbone.num_key_value_heads,
         head_dim=backbone.head_dim,
         query_pre_attn_scalar=backbone.query_pre_attn_scalar or (
-            backbone.head_dim if backbone.query_head_dim_normalize else backbone.hidden_dim // backbone.num_query_heads),
+            backbone.head_dim if backbone.query_head_dim_normalize
+            else backbone.hidden_dim // backbone.num_query_heads),
         hidden_activation="gelu_pytorch_tanh",
         rms_norm_eps=backbone.layer_norm_epsilon,
         sliding_window=backbone.sliding_window_size,

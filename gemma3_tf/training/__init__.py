@@ -7,4 +7,5 @@ __all__ = ["TPUUnavailableError", "TrainConfig", "Trainer", "build_optimizer", "
 _MODULES = {"load_model": "job", "train": "job", "build_optimizer": "optimizer", "learning_rate_schedule": "optimizer",
             "TPUUnavailableError": "strategy", "resolve_strategy": "strategy", "TrainConfig": "trainer",
             "Trainer": "trainer", "check_data_matches_model": "trainer"}
-__getattr__, __dir__ = lazy_attributes(__name__, {name: f"{__name__}.{module}:{name}" for name, module in _MODULES.items()})
+__getattr__, __dir__ = lazy_attributes(
+    __name__, {name: f"{__name__}.{module}:{name}" for name, module in _MODULES.items()})
