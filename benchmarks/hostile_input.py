@@ -75,8 +75,9 @@ def main():
                     except ServingError as error:
                         answer = f"{error.status}: {error.message[:90]}"
                     latencies.append(time.perf_counter() - start)
-                row = {"request": name, "protocol": protocol, "answer": str(answer), "p50_s": float(np.median(latencies)),
-                       "rss_before_mib": before, "rss_after_mib": rss_mib(server.pid)}
+                row = {"request": name, "protocol": protocol, "answer": str(answer),
+                       "p50_s": float(np.median(latencies)), "rss_before_mib": before,
+                       "rss_after_mib": rss_mib(server.pid)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:

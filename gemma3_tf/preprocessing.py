@@ -381,7 +381,8 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
 
         pixels = tf.map_fn(lambda pair: tf.cond(pair[0] == "", lambda: tf.zeros([size, size, 3]),
                                                 lambda: convert(*pair)),
-                           (flat, tf.range(tf.size(flat))), fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+                           (flat, tf.range(tf.size(flat))),
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return tf.reshape(pixels, [-1, count, size, size, 3])
 
     # --- training ------------------------------------------------------------------------

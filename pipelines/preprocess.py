@@ -87,7 +87,8 @@ class PrepareExample(beam.DoFn):
         self._count(f"rejected_{code}")
         yield beam.pvalue.TaggedOutput(REJECTED, {
             "row": _jsonable(record) if isinstance(record, dict) else line_text(record),
-            **(where.fields() if isinstance(where, Line) else {"source": where}), "reason": reason, "reason_code": code})
+            **(where.fields() if isinstance(where, Line) else {"source": where}),
+            "reason": reason, "reason_code": code})
 
     def prepare(self, row):
         settings = self.settings

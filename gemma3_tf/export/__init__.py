@@ -32,9 +32,9 @@ def export_model(causal_lm, model_base_path, version=None, max_length=ServingLim
             is (re)written to list every model under BASE, and `BASE/batching_parameters.txt` to
             allow `batch_sizes`.
         version: an int; default one above the highest present (1 for the first).
-        max_length, max_rows, max_prompt_bytes, max_image_bytes, max_image_pixels: what one request may hold, checked in the
-            graph and written to `assets.extra/limits.json` (see `ServingLimits`; max_prompt_bytes None: as
-            many bytes as `max_length` tokens can span).
+        max_length, max_rows, max_prompt_bytes, max_image_bytes, max_image_pixels: what one request may hold,
+            checked in the graph and written to `assets.extra/limits.json` (see `ServingLimits`; max_prompt_bytes
+            None: as many bytes as `max_length` tokens can span).
         jit_compile: XLA for the decode loop (see `ServingModule`).
         warmup: write `assets.extra/tf_serving_warmup_requests`: each signature at each of
             `batch_sizes` (and, with XLA, each prompt bucket up to `warmup_prompt_tokens`).
