@@ -7,7 +7,6 @@ import hashlib
 import json
 import posixpath
 import urllib.request
-
 from typing import NamedTuple
 
 import apache_beam as beam
