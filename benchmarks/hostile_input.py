@@ -90,7 +90,7 @@ def main():
               f"{row['rss_before_mib']:.0f} -> {row['rss_after_mib']:.0f} |")
     if args.json_out:
         with open(args.json_out, "w") as file:
-            json.dump({"cpu": cpu(), "rows": rows}, file, indent=1)
+            json.dump({"cpu": cpu(), "repeats": args.repeats, "results": rows}, file, indent=1)
 
 
 if __name__ == "__main__":

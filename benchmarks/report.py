@@ -178,6 +178,13 @@ def batch_inference_table(data):
     return text
 
 
+def hostile_input_table(data):
+    return table(data["results"], [
+        ("request", "request", str), ("protocol", "protocol", str), ("answer", "answer", str),
+        ("p50_s", "p50 s", fmt(".3f")), ("rss_before_mib", "server RSS before MiB", fmt(".0f")),
+        ("rss_after_mib", "after MiB", fmt(".0f"))])
+
+
 TABLES = {name: globals()[f"{name}_table"] for name in NAMES}
 
 

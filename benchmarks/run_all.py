@@ -9,8 +9,8 @@ in benchmarks/results/run_all.json, and the next one runs. Then benchmarks/repor
 benchmarks/REPORT.md and benchmarks/charts/*.png from the JSON files present.
 
 serving.py exports the real 270M into benchmarks/results/models/gemma3_{plain,xla} (reused on later
-runs); batch_inference.py reads benchmarks/results/models/gemma3/1, exported first with
-`gemma3-tf export` when absent. generate.py skips HF transformers and llama.cpp unless their
+runs); batch_inference.py and hostile_input.py read benchmarks/results/models/gemma3/1, exported first
+with `gemma3-tf export` when absent. generate.py skips HF transformers and llama.cpp unless their
 virtualenvs exist (see its docstring).
 """
 
@@ -36,6 +36,7 @@ BENCHMARKS = [
     ("train", []),
     ("serving", ["--work_dir", MODELS]),
     ("batch_inference", ["--model_path", os.path.join(BATCH_MODEL, "1")]),
+    ("hostile_input", ["--work_dir", MODELS]),  # reuses the export batch_inference.py reads
 ]
 NAMES = [name for name, _ in BENCHMARKS]
 
