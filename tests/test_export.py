@@ -208,7 +208,7 @@ def test_vision_export_with_xla_takes_image_bytes_like_the_in_process_model(tiny
         serve(loaded, prompt=["x"], images=[[b"not an image"]])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"markers other than its number of `images`"):
         serve(loaded, prompt=["<start_of_image> and <start_of_image>"], images=[[image_a]])
-    # A header claiming 10000 x 10000 pixels is refused before decoding (a real one of one colour is ~1 MB).
+    # A header claiming 10000 x 10000 pixels is refused before decoding (a real one of one colour is 316 KB).
     bomb = image_b[:16] + (10_000).to_bytes(4, "big") * 2 + image_b[24:]
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"`images\[1\]\[1\]` is 10000 x 10000 pixels, over the max_image_pixels=50000000"):
