@@ -110,8 +110,8 @@ class GrpcServer:
         max_concurrent_rpcs: RPCs beyond it (running or queued for a worker) get RESOURCE_EXHAUSTED.
     """
 
-    def __init__(self, registry: ModelRegistry, port: int, host: str = "127.0.0.1", max_workers: int = 16,
-                 max_message_bytes: int = 64 << 20, max_concurrent_rpcs: int = 256):
+    def __init__(self, registry: ModelRegistry, port: int, host: str, max_message_bytes: int,
+                 max_concurrent_rpcs: int, max_workers: int = 16):
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc")
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", max_message_bytes)]
         self._server = grpc.server(self._executor, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)

@@ -544,8 +544,8 @@ class RestServer:
         max_connections: connections beyond it answer 503 with Retry-After.
     """
 
-    def __init__(self, registry: ModelRegistry, port: int, host: str = "127.0.0.1", timeout_ms: int = 30000,
-                 max_body_bytes: int = 64 << 20, read_timeout_ms: int = 30000, max_connections: int = 256):
+    def __init__(self, registry: ModelRegistry, port: int, host: str, timeout_ms: int, max_body_bytes: int,
+                 read_timeout_ms: int, max_connections: int):
         self.api = RestApi(registry, timeout_ms)
         self._httpd = _HttpServer((host, port), self.api, max_body_bytes, read_timeout_ms / 1000, max_connections)
         self.port = self._httpd.server_address[1]

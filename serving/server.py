@@ -6,6 +6,7 @@ In Python (tests, notebooks): `with serve(model_base_path=..., port=0, rest_api_
 """
 
 import argparse
+import inspect
 import ipaddress
 import logging
 import os
@@ -18,6 +19,14 @@ import time
 log = logging.getLogger("serving")
 
 LOOPBACK = "127.0.0.1"
+# The front ends' limits, flags of the same names (defaults: ModelServer's).
+LIMIT_FLAGS = {
+    "rest_api_max_body_bytes": "larger REST request bodies answer 413",
+    "rest_api_read_timeout_in_ms": "a REST request slower to arrive answers 408; idle connections close after it",
+    "rest_api_max_connections": "REST connections beyond it answer 503 with Retry-After",
+    "grpc_max_message_bytes": "larger gRPC requests get RESOURCE_EXHAUSTED",
+    "grpc_max_concurrent_rpcs": "gRPC calls beyond it get RESOURCE_EXHAUSTED",
+}
 
 
 def is_loopback(host: str) -> bool:
@@ -197,18 +206,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="longest wait for more requests to merge")
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
                    help="REST predictions longer than this answer 504 (0: no limit)")
-    p.add_argument("--host", default=LOOPBACK,
+    defaults = {name: parameter.default for name, parameter in inspect.signature(ModelServer).parameters.items()}
+    p.add_argument("--host", default=defaults["host"],
                    help="address both APIs listen on; 0.0.0.0 opens them to the network (no authentication)")
-    p.add_argument("--rest_api_max_body_bytes", type=positive, default=64 << 20,
-                   help="larger REST request bodies answer 413")
-    p.add_argument("--rest_api_read_timeout_in_ms", type=positive, default=30000,
-                   help="a REST request slower to arrive answers 408; idle connections close after it")
-    p.add_argument("--rest_api_max_connections", type=positive, default=256,
-                   help="REST connections beyond it answer 503 with Retry-After")
-    p.add_argument("--grpc_max_message_bytes", type=positive, default=64 << 20,
-                   help="larger gRPC requests get RESOURCE_EXHAUSTED")
-    p.add_argument("--grpc_max_concurrent_rpcs", type=positive, default=256,
-                   help="gRPC calls beyond it get RESOURCE_EXHAUSTED")
+    for name, help_text in LIMIT_FLAGS.items():
+        p.add_argument(f"--{name}", type=positive, default=defaults[name], help=f"{help_text} (default: %(default)s)")
     args = p.parse_args(argv)
     args.allowed_batch_sizes = []
     if not args.model_base_path and not args.model_config_file:
@@ -242,9 +244,7 @@ def main(argv=None) -> None:
         enable_batching=args.enable_batching, max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros, allowed_batch_sizes=args.allowed_batch_sizes,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, host=args.host,
-        **{name: getattr(args, name) for name in ("rest_api_max_body_bytes", "rest_api_read_timeout_in_ms",
-                                                  "rest_api_max_connections", "grpc_max_message_bytes",
-                                                  "grpc_max_concurrent_rpcs")})
+        **{name: getattr(args, name) for name in LIMIT_FLAGS})
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
