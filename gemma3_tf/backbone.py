@@ -213,9 +213,8 @@ class Gemma3Backbone(keras.Model):
         for index in enabled:
             weighted[index].trainable = True
             weighted[index].enable_lora(rank)  # freezes the kernel
-        self.lora_rank = rank
-        # keras-hub's names: its `.lora.h5` files identify the layers by these indices.
-        self._lora_rank, self._lora_enabled_layers = rank, enabled
+        # `.lora.h5` files (keras-hub's and ours) name the layers by these indices.
+        self.lora_rank, self._lora_enabled_layers = rank, enabled
 
     def save_lora_weights(self, filepath):
         """The LoRA factors alone, in keras-hub's `.lora.h5` format: keras-hub loads them, and we load its."""

@@ -35,6 +35,8 @@ class Line(NamedTuple):
 
 
 class _LinesOfFile(beam.DoFn):
+    """A file -> (Line, bytes) for each of its lines."""
+
     def process(self, readable_file):
         path, offset, number = readable_file.metadata.path, 0, 0
         with readable_file.open() as file:  # streamed: one line in memory at a time
@@ -44,23 +46,9 @@ class _LinesOfFile(beam.DoFn):
                 offset += len(line)
 
 
-class ReadLines(beam.PTransform):
-    """(Line, bytes) for each line of the files matching `pattern` (any Beam filesystem, compression by
-    extension). Bytes: decoding them per row (`parse_jsonl_row`) makes bytes that are not UTF-8 a rejected
-    row, where Beam's text coder fails the whole job with UnicodeDecodeError. Each file is read by one worker,
-    which knows every line's number and offset (Beam's ReadFromText splits a file but tells neither); the
-    reshuffle then spreads its lines over the workers for the costly steps after."""
-
-    def __init__(self, pattern):
-        super().__init__()
-        self.pattern = pattern
-
-    def expand(self, pbegin):
-        return (pbegin | "Match" >> fileio.MatchFiles(self.pattern) | "Open" >> fileio.ReadMatches()
-                | "Lines" >> beam.ParDo(_LinesOfFile()) | "Spread" >> beam.Reshuffle())
-
-
 class _RecordsOfFile(beam.DoFn):
+    """A TFRecord file -> (Line, serialized record) for each of its records."""
+
     def process(self, readable_file):
         import tensorflow as tf
 
@@ -70,13 +58,29 @@ class _RecordsOfFile(beam.DoFn):
             yield Line(path, number), record
 
 
+class ReadLines(beam.PTransform):
+    """(Line, bytes) for each line of the files matching `pattern` (any Beam filesystem, compression by
+    extension). Bytes: decoding them per row (`parse_jsonl_row`) makes bytes that are not UTF-8 a rejected
+    row, where Beam's text coder fails the whole job with UnicodeDecodeError. Each file is read by one worker,
+    which knows every line's number and offset (Beam's ReadFromText splits a file but tells neither); the
+    reshuffle then spreads its lines over the workers for the costly steps after."""
+
+    reader = _LinesOfFile
+
+    def __init__(self, pattern):
+        super().__init__()
+        self.pattern = pattern
+
+    def expand(self, pbegin):
+        return (pbegin | "Match" >> fileio.MatchFiles(self.pattern) | "Open" >> fileio.ReadMatches()
+                | "Read" >> beam.ParDo(self.reader()) | "Spread" >> beam.Reshuffle())
+
+
 class ReadRecords(ReadLines):
     """(Line, serialized record) for each record of the TFRecord files matching `pattern` (`Line.number`
     is the record's number in its file), read through TensorFlow's filesystems as a trainer reads them."""
 
-    def expand(self, pbegin):
-        return (pbegin | "Match" >> fileio.MatchFiles(self.pattern) | "Open" >> fileio.ReadMatches()
-                | "Records" >> beam.ParDo(_RecordsOfFile()) | "Spread" >> beam.Reshuffle())
+    reader = _RecordsOfFile
 
 
 def first_of_each_id(keyed_rows, order):

@@ -252,7 +252,7 @@ def save_lora_weights(backbone, filepath):
     layers = layers_with_weights(backbone)
     with filesystem.local_directory(os.path.dirname(filepath) or ".") as local_dir:
         store = H5IOStore(os.path.join(local_dir, os.path.basename(filepath)), mode="w")
-        store.make("lora")["rank"] = backbone._lora_rank
+        store.make("lora")["rank"] = backbone.lora_rank
         for index in backbone._lora_enabled_layers:
             entry = store.make(f"lora/{index}")
             entry["lora_kernel_a"], entry["lora_kernel_b"] = layers[index].lora_kernel_a, layers[index].lora_kernel_b
@@ -268,9 +268,9 @@ def load_lora_weights(backbone, filepath):
             rank = int(store.get("lora")["rank"][()])
             if not getattr(backbone, "_lora_enabled_layers", None):
                 backbone.enable_lora(rank)
-            elif backbone._lora_rank != rank:
+            elif backbone.lora_rank != rank:
                 raise ValueError(f"{filepath} holds LoRA factors of rank {rank}, but this model's LoRA has rank "
-                                 f"{backbone._lora_rank}: both must match.")
+                                 f"{backbone.lora_rank}: both must match.")
             layers = layers_with_weights(backbone)
             for index in backbone._lora_enabled_layers:
                 entry = store.get(f"lora/{index}")

@@ -58,7 +58,7 @@ class ServingModule(tf.Module):
         self._run = types.SimpleNamespace(backbone=causal_lm.backbone, preprocessor=preprocessor,
                                           tokenizer=preprocessor.tokenizer,
                                           decode=decoder.decode_compiled if jit_compile else decoder.decode)
-        self.limits, self._max_length, self._jit_compile = limits, limits.max_length, jit_compile
+        self.limits, self._jit_compile = limits, jit_compile
         self.model_variables = [variable.value for variable in causal_lm.backbone.variables]
         self.tokenizer_resources = list(preprocessor.tokenizer.resources)
         self.vocabulary = tf.saved_model.Asset(vocabulary_path)
@@ -125,19 +125,19 @@ class ServingModule(tf.Module):
             features = self._run.preprocessor.serving_features(prompt, images, self.limits.max_image_pixels)
         token_ids, padding_mask = features["token_ids"], features["padding_mask"]
         lengths = tf.reduce_sum(padding_mask, axis=1)
-        room = self._max_length - lengths
+        room = self.limits.max_length - lengths
         # The prefill takes token_ids: gated here, it does not start on a prompt that is refused.
         with tf.control_dependencies([assert_rows(
                 max_new_tokens <= room,
                 f"`prompt[{{}}]` is too long: its tokens (BOS and image tokens included) plus `max_new_tokens` "
-                f"exceed the max_length={self._max_length} of this export.")]):
+                f"exceed the max_length={self.limits.max_length} of this export.")]):
             token_ids, capacity = tf.identity(token_ids), tf.reduce_max(max_new_tokens)
         if self._jit_compile:  # few shapes, so few compiles: pad lengths to powers of two
             # Room for at least the default number of new tokens: every request up to it runs the shape
             # that the warmup records compile (the loop still stops at each row's max_new_tokens).
             capacity = _power_of_two_at_least(tf.maximum(capacity, GENERATE_DEFAULTS["max_new_tokens"]),
-                                              self._max_length)
-            bucket = _power_of_two_at_least(tf.shape(token_ids)[1], self._max_length)
+                                              self.limits.max_length)
+            bucket = _power_of_two_at_least(tf.shape(token_ids)[1], self.limits.max_length)
             token_ids = tf.pad(token_ids, [[0, 0], [0, bucket - tf.shape(token_ids)[1]]])
             if "vision_mask" in features:
                 features["vision_mask"] = tf.pad(features["vision_mask"], [[0, 0], [0, bucket - tf.shape(
@@ -200,8 +200,8 @@ class ServingModule(tf.Module):
             return self._run.preprocessor._tokenize(texts, add_start)
 
     def _check_length(self, tokens, what):
-        return assert_rows(tokens.row_lengths() <= self._max_length,
-                           f"`prompt[{{}}]`{what} is longer than the max_length={self._max_length} tokens of this "
+        return assert_rows(tokens.row_lengths() <= self.limits.max_length,
+                           f"`prompt[{{}}]`{what} is longer than the max_length={self.limits.max_length} tokens of this "
                            "export.")
 
     def _score(self, prompt, response):
