@@ -4,11 +4,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from gemma3_tf import checkpoints, filesystem
+from gemma3_tf import architecture, checkpoints, filesystem
 from gemma3_tf.checkpoints import keras_preset
 from gemma3_tf.input_validation import validate_inputs
 from gemma3_tf.layers import Gemma3DecoderBlock, Gemma3InterleaveEmbeddings, RMSNormalization
-from gemma3_tf.layers.attention_mask import compute_attention_mask
+from gemma3_tf.layers.attention_mask import AttentionMasks
 from gemma3_tf.presets import PRESETS
 from gemma3_tf.vision_encoder import Gemma3VisionEncoder
 
@@ -77,7 +77,7 @@ class Gemma3Backbone(keras.Model):
             )
         self.transformer_layers = []
         for i in range(num_layers):
-            local = use_sliding_window_attention and i % 6 < 5
+            local = architecture.is_sliding_window_layer(i, use_sliding_window_attention)
             self.transformer_layers.append(
                 Gemma3DecoderBlock(
                     hidden_dim=hidden_dim,
@@ -93,7 +93,7 @@ class Gemma3Backbone(keras.Model):
                     logit_soft_cap=attention_logit_soft_cap,
                     use_sliding_window_attention=local,
                     sliding_window_size=sliding_window_size,
-                    rope_wavelength=10_000.0 if local else 1_000_000.0,
+                    rope_wavelength=architecture.rope_wavelength(local),
                     rope_scaling_factor=local_rope_scaling_factor if local else global_rope_scaling_factor,
                     layer_norm_epsilon=layer_norm_epsilon,
                     dropout=dropout,
@@ -102,6 +102,9 @@ class Gemma3Backbone(keras.Model):
                 )
             )
         self.layer_norm = RMSNormalization(layer_norm_epsilon, dtype=dtype, name="final_normalization")
+        self.attention_masks = AttentionMasks(sliding_window_size, dtype=dtype, name="attention_masks")
+        self.hidden_dim = hidden_dim
+        self.remat = False
 
         inputs = {
             "token_ids": keras.Input(shape=(None,), dtype="int32", name="token_ids"),
@@ -111,7 +114,7 @@ class Gemma3Backbone(keras.Model):
             inputs["images"] = keras.Input(shape=(None, image_size, image_size, 3), name="images")
             inputs["vision_indices"] = keras.Input(shape=(None,), dtype="int32", name="vision_indices")
             inputs["vision_mask"] = keras.Input(shape=(None,), dtype="int32", name="vision_mask")
-        outputs = self._forward(inputs, hidden_dim, sliding_window_size)
+        outputs, _ = self.forward(inputs)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         if dtype is not None:  # Functional models leave their own policy at the global default
             self.dtype_policy = keras.dtype_policies.get(dtype)
@@ -121,7 +124,6 @@ class Gemma3Backbone(keras.Model):
         self.num_layers = num_layers
         self.num_query_heads = num_query_heads
         self.num_key_value_heads = num_key_value_heads
-        self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
         self.head_dim = head_dim
         self.query_head_dim_normalize = query_head_dim_normalize
@@ -142,20 +144,56 @@ class Gemma3Backbone(keras.Model):
             0 if vision_encoder is None else vision_encoder.num_vision_tokens_per_image
         )
 
-    def _forward(self, inputs, hidden_dim, sliding_window_size):
-        x = self.token_embedding(inputs["token_ids"])
+    def forward(self, inputs, cache=None, cache_update_index=0, training=None):
+        """The forward pass of Gemma 3, written once: the Functional graph, `__call__` (training, `score`,
+        `embed`) and the KV-cache decoder (prefill and steps) all run it.
+
+        Args:
+            inputs: `token_ids` [B, T] at positions `cache_update_index + arange(T)`; `padding_mask`,
+                the valid keys: [B, T] without a cache, [B, S] (the cache's length) with one; with a
+                vision encoder optionally `images`, `vision_indices` and `vision_mask` [B, T] (a
+                whole sequence or a prefill: `cache_update_index` 0).
+            cache: None, or one (keys, values) pair per layer, each [B, S, K, H]; this pass's keys
+                and values are written at `cache_update_index`.
+            training: dropout on; with `self.remat`, each block's activations are recomputed in the
+                backward pass instead of stored.
+        Returns: (final hidden states [B, T, D], the updated cache, or None without one).
+        """
+        token_ids = inputs["token_ids"]
+        x = self.token_embedding(token_ids)
         # Only text embeddings are scaled; image embeddings go in as the vision encoder made them.
-        x = x * ops.cast(ops.sqrt(hidden_dim), x.dtype)
+        x = x * ops.cast(ops.sqrt(self.hidden_dim), x.dtype)
         vision_mask = None
-        if self.vision_encoder is not None:
-            x = self.interleave_embeddings(
-                self.vision_encoder(inputs["images"]), x, inputs["vision_indices"]
-            )
+        if self.vision_encoder is not None and inputs.get("images") is not None:
+            x = self.interleave_embeddings(self.vision_encoder(inputs["images"]), x, inputs["vision_indices"])
             vision_mask = inputs["vision_mask"]
-        masks = AttentionMasks(sliding_window_size, name="attention_masks")(inputs["padding_mask"], vision_mask)
-        for block in self.transformer_layers:
-            x = block(x, masks[1] if block.use_sliding_window_attention else masks[0])
-        return self.layer_norm(x)
+        global_mask, local_mask = self.attention_masks(inputs["padding_mask"], token_ids,
+                                                       start_index=cache_update_index, vision_mask=vision_mask)
+        updated = None if cache is None else []
+        for i, block in enumerate(self.transformer_layers):
+            mask = local_mask if block.use_sliding_window_attention else global_mask
+            if cache is not None:
+                x, layer_cache = block(x, mask, cache=cache[i], cache_update_index=cache_update_index)
+                updated.append(layer_cache)
+            elif self.remat and training:
+                # The mask is closed over: recompute_grad differentiates its arguments, and a bool has no
+                # gradient. Not `keras.RematScope`: with TensorFlow it passes keyword arguments to
+                # `tf.custom_gradient`, which graph mode refuses, so it fails inside any `tf.function`.
+                x = tf.recompute_grad(lambda x, block=block, mask=mask: block(x, mask, training=True))(x)
+            else:
+                x = block(x, mask, training=training)
+        return self.layer_norm(x), updated
+
+    def call(self, inputs, training=None):
+        # What `__call__` runs, in place of Functional's replay of the graph that `forward` built.
+        inputs = {key: value if key == "images" else ops.cast(value, "int32") for key, value in inputs.items()}
+        return self.forward(inputs, training=training)[0]
+
+    def empty_cache(self, batch, length):
+        """A KV cache of zeros for `length` positions: (keys, values) per layer, each [B, S, K, H]."""
+        shape = [batch, length, self.num_key_value_heads, self.head_dim]
+        dtype = self.token_embedding.compute_dtype
+        return [(tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(self.num_layers)]
 
     def validate_inputs(self, inputs):
         """Raises a ValueError that names the field when `inputs` do not fit this model."""
@@ -333,28 +371,3 @@ def _build_zero_initialized(build):
         for variable in model.variables:
             variable._initializer = keras.initializers.Zeros()
     return model
-
-
-@keras.saving.register_keras_serializable(package="gemma3_tf")
-class AttentionMasks(keras.layers.Layer):
-    """Computes the (global, local) attention masks [B, T, T] once for all decoder blocks."""
-
-    def __init__(self, sliding_window_size, **kwargs):
-        super().__init__(**kwargs)
-        self.sliding_window_size = sliding_window_size
-
-    def call(self, padding_mask, vision_mask=None):
-        length = ops.shape(padding_mask)[1]
-        return (
-            compute_attention_mask(padding_mask, length, vision_mask=vision_mask),
-            compute_attention_mask(
-                padding_mask, length, vision_mask=vision_mask, sliding_window_size=self.sliding_window_size
-            ),
-        )
-
-    def compute_output_spec(self, padding_mask, vision_mask=None):
-        shape = (padding_mask.shape[0], padding_mask.shape[1], padding_mask.shape[1])
-        return keras.KerasTensor(shape, "bool"), keras.KerasTensor(shape, "bool")
-
-    def get_config(self):
-        return {**super().get_config(), "sliding_window_size": self.sliding_window_size}

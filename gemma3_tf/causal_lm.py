@@ -3,9 +3,10 @@ import numpy as np
 
 from gemma3_tf import checkpoints, filesystem, samplers
 from gemma3_tf.backbone import Gemma3Backbone
-from gemma3_tf.generation import GEMMA_STOP_TOKEN_IDS, Decoder
+from gemma3_tf.generation import Decoder
 from gemma3_tf.preprocessing import Gemma3CausalLMPreprocessor
 from gemma3_tf.presets import PRESETS
+from gemma3_tf.tokenizer import GEMMA3_STOP_TOKEN_IDS
 
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")
@@ -21,11 +22,14 @@ class Gemma3CausalLM(keras.Model):
 
     def __init__(self, backbone, preprocessor=None, **kwargs):
         inputs = backbone.input
-        hidden_states = backbone(inputs)
-        logits = backbone.token_embedding(hidden_states, reverse=True)
+        # keras-hub's graph, for Keras' bookkeeping (layers, weights, output spec); `call` runs the model.
+        logits = keras.ops.cast(backbone.token_embedding(backbone(inputs), reverse=True), "float32")
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.backbone = backbone
         self.preprocessor = preprocessor
+
+    def call(self, inputs, training=None):
+        return self.backbone.logits(self.backbone(inputs, training=training))
 
     def __call__(self, inputs, *args, **kwargs):
         # Before Functional's own input handling, whose errors do not name the field.
@@ -79,7 +83,7 @@ class Gemma3CausalLM(keras.Model):
         self.sampler = samplers.get(sampler)
         self._decoder = None
 
-    def generate_ids(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=GEMMA_STOP_TOKEN_IDS, seed=None,
+    def generate_ids(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=GEMMA3_STOP_TOKEN_IDS, seed=None,
                      images=None, vision_indices=None, vision_mask=None, on_step=None):
         """New token ids [B, max_new_tokens] after right-padded prompts `token_ids`/`padding_mask` [B, T]
         (`max_new_tokens` an int, or one per row: then [B, the largest], pad after each row's own).
@@ -124,8 +128,7 @@ class Gemma3CausalLM(keras.Model):
             raise ValueError("`max_length` is required for token inputs without a preprocessor.")
         if stop_token_ids == "auto":
             tokenizer = self.preprocessor.tokenizer if self.preprocessor else None
-            stop_token_ids = ((tokenizer.end_token_id, tokenizer.end_of_turn_token_id) if tokenizer
-                              else GEMMA_STOP_TOKEN_IDS)
+            stop_token_ids = tokenizer.stop_token_ids if tokenizer else GEMMA3_STOP_TOKEN_IDS
         features = inputs
         if not token_inputs:  # packed long enough that the check below, naming `max_length`, decides
             features = self.preprocessor.generate_preprocess(inputs, max(max_length, self.preprocessor.sequence_length))

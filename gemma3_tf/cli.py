@@ -130,15 +130,18 @@ def build_parser():
 
 def _export(args):
     import gemma3_tf
+    from gemma3_tf import checkpoints
     from gemma3_tf.export import export_model
 
-    causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(args.preset, dtype=args.dtype)
+    checkpoint, overrides = checkpoints.open_checkpoint(args.preset), {}
+    if args.max_images is not None:
+        if checkpoint.backbone_config().get("vision_encoder") is None:
+            raise SystemExit(f"error: --max_images is for models with a vision encoder; {args.preset} has none")
+        overrides["preprocessor"] = gemma3_tf.Gemma3CausalLMPreprocessor.from_preset(
+            checkpoint, max_images_per_prompt=args.max_images)
+    causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(checkpoint, dtype=args.dtype, **overrides)
     if causal_lm.preprocessor is None:
         raise SystemExit(f"error: {args.preset} has no tokenizer; an export needs one (it runs in the graph)")
-    if args.max_images is not None:
-        if causal_lm.preprocessor.text_only:
-            raise SystemExit(f"error: --max_images is for models with a vision encoder; {args.preset} has none")
-        causal_lm.preprocessor.max_images_per_prompt = args.max_images
     warmup_shapes = {name: getattr(args, name) for name in ("batch_sizes", "warmup_prompt_tokens")
                      if getattr(args, name) is not None}
     export_model(causal_lm, args.model_base_path, version=args.version, max_length=args.max_length,

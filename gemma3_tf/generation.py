@@ -9,51 +9,10 @@ change when its tokens shift right; the padding in front is masked out as keys.
 
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from gemma3_tf import samplers as samplers_lib
-from gemma3_tf.layers.attention_mask import compute_attention_mask, image_ids
 
 MIN_BUCKET = 16  # prompt lengths and new-token counts round up to powers of two from here
-
-
-def call_with_cache(backbone, token_ids, key_mask, cache, index, vision=None):
-    """Runs `token_ids` [B, T] at positions `index + arange(T)` through the decoder with a KV cache.
-
-    Args:
-        key_mask: [B, S], the cache positions holding real tokens (prompt padding is 0).
-        cache: one (keys, values) pair per layer, each [B, S, K, H].
-        vision: optional (images, vision_indices, vision_mask) for a prefill with images.
-    Returns: (final hidden states [B, T, D], the updated cache).
-    """
-    x = backbone.token_embedding(token_ids)
-    x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
-    vision_mask = None
-    if vision is not None:
-        images, vision_indices, vision_mask = vision
-        x = backbone.interleave_embeddings(backbone.vision_encoder(images), x, vision_indices)
-    length = ops.shape(token_ids)[1]
-    global_mask = compute_attention_mask(key_mask, length, index)
-    local_mask = compute_attention_mask(key_mask, length, index, sliding_window_size=backbone.sliding_window_size)
-    if vision_mask is not None:  # prefill: image tokens also see the rest of their image (within the window)
-        same = _same_image_mask(vision_mask, ops.shape(key_mask)[1])
-        positions = tf.range(ops.shape(key_mask)[1])
-        in_window = tf.abs(positions[:length, None] - positions[None, :]) < backbone.sliding_window_size
-        global_mask = ops.logical_or(global_mask, same)
-        local_mask = ops.logical_or(local_mask, tf.logical_and(same, in_window[None]))
-    updated = []
-    for block, layer_cache in zip(backbone.transformer_layers, cache):
-        mask = local_mask if block.use_sliding_window_attention else global_mask
-        x, layer_cache = block(x, mask, cache=layer_cache, cache_update_index=index)
-        updated.append(layer_cache)
-    return backbone.layer_norm(x), updated
-
-
-def _same_image_mask(vision_mask, key_length):
-    """[B, T, S]: query and key lie in the same image (keys beyond T are not images)."""
-    ids = image_ids(vision_mask)
-    same = tf.logical_and(tf.equal(ids[:, :, None], ids[:, None, :]), ids[:, :, None] > 0)
-    return tf.pad(same, [[0, 0], [0, 0], [0, key_length - tf.shape(ids)[1]]])
 
 
 def left_align(values, lengths, length):
@@ -65,12 +24,22 @@ def left_align(values, lengths, length):
 
 
 MAX_STOP_TOKENS = 8
-GEMMA_STOP_TOKEN_IDS = (1, 106)  # <eos>, <end_of_turn>: the same ids in every Gemma 3 vocabulary
+_MAX_BUCKET_DOUBLINGS = 27  # MIN_BUCKET * 2**26 = 2**30 tokens: beyond any context
 
 
-def _bucket(value):
-    """The power of two >= `value` (at least MIN_BUCKET): few shapes, so few compiles."""
-    return max(MIN_BUCKET, 1 << (int(value) - 1).bit_length())
+def stop_id_slots(stop_token_ids):
+    """`stop_token_ids` in the decode loop's MAX_STOP_TOKENS slots (unused ones -1): [MAX_STOP_TOKENS] int32."""
+    stop_token_ids = tuple(stop_token_ids or ())
+    if len(stop_token_ids) > MAX_STOP_TOKENS:
+        raise ValueError(f"`stop_token_ids` holds {len(stop_token_ids)} ids; at most {MAX_STOP_TOKENS}.")
+    return np.array(stop_token_ids + (-1,) * (MAX_STOP_TOKENS - len(stop_token_ids)), "int32")
+
+
+def compile_bucket(value):
+    """The smallest power of two >= `value` and >= MIN_BUCKET (an int or an int32 tensor): the lengths of the
+    shapes XLA compiles for, so few compiles. Returns an int32 tensor."""
+    powers = tf.constant([MIN_BUCKET << i for i in range(_MAX_BUCKET_DOUBLINGS)])
+    return tf.reduce_min(tf.where(powers >= tf.cast(value, tf.int32), powers, powers[-1]))
 
 
 class Decoder:
@@ -97,22 +66,18 @@ class Decoder:
         new ids [B, the largest max_new_tokens] (pad after a row's stop token, which is kept, or its last
         new token) as a numpy array. `on_step(ids)`, if given, receives each step's ids [B] as they are
         generated."""
-        stop_token_ids = tuple(stop_token_ids or ())
-        if len(stop_token_ids) > MAX_STOP_TOKENS:
-            raise ValueError(f"`stop_token_ids` holds {len(stop_token_ids)} ids; at most {MAX_STOP_TOKENS}.")
+        stops = stop_id_slots(stop_token_ids)
         token_ids = np.asarray(token_ids, "int32")
         batch = len(token_ids)
         limits = np.broadcast_to(np.asarray(max_new_tokens, "int32"), [batch])
         max_new_tokens = int(limits.max())
         lengths = np.asarray(padding_mask, "int32").sum(-1).astype("int32")
-        bucket = _bucket(token_ids.shape[1])
+        bucket = int(compile_bucket(token_ids.shape[1]))
         token_ids = np.pad(token_ids, [(0, 0), (0, bucket - token_ids.shape[1])])
         if seed is None:
             seed = self.sampler.seed if self.sampler.seed is not None else np.random.randint(2**31)
-        uniforms = samplers_lib.step_uniforms(tf.fill([batch], int(seed)), _bucket(max_new_tokens))
+        uniforms = samplers_lib.step_uniforms(tf.fill([batch], int(seed)), int(compile_bucket(max_new_tokens)))
         sampling = self.sampler.parameters(batch)
-        stops = np.full([MAX_STOP_TOKENS], -1, "int32")
-        stops[: len(stop_token_ids)] = stop_token_ids
         vision = None if vision is None else self._pad_vision(vision, bucket)
         if on_step is None:
             generated = self.decode_compiled(token_ids, lengths, tf.constant(limits), stops, uniforms, sampling,
@@ -146,23 +111,20 @@ class Decoder:
         Returns (logits of the next token [B, V], cache, key mask [B, T + capacity])."""
         backbone = self.backbone
         batch, prompt_length = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
-        # Left-align: rows end together at `prompt_length`, their padding in front.
-        token_ids = left_align(token_ids, lengths, prompt_length)
         prompt_mask = tf.range(prompt_length)[None, :] >= (prompt_length - lengths)[:, None]
         key_mask = tf.concat([tf.cast(prompt_mask, tf.int32), tf.ones([batch, capacity], tf.int32)], axis=1)
+        # Left-align: rows end together at `prompt_length`, their padding in front.
+        inputs = {"token_ids": left_align(token_ids, lengths, prompt_length), "padding_mask": key_mask}
         if vision is not None:
             images, vision_indices, vision_mask = vision
             # Real indices are > 0 (position 0 is BOS); the zero padding keeps pointing at position 0,
             # which the interleaving restores.
             shift = prompt_length - lengths
-            vision_indices = tf.where(vision_indices > 0, vision_indices + shift[:, None], 0)
-            vision = (images, vision_indices, left_align(vision_mask, lengths, prompt_length))
-
-        dtype = backbone.token_embedding.compute_dtype
-        shape = [batch, prompt_length + capacity, backbone.num_key_value_heads, backbone.head_dim]
-        cache = [(tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(backbone.num_layers)]
-        hidden, cache = call_with_cache(backbone, token_ids, key_mask, cache, 0, vision)
-        return self.backbone.logits(hidden[:, -1]), cache, key_mask
+            inputs.update(images=images, vision_mask=left_align(vision_mask, lengths, prompt_length),
+                          vision_indices=tf.where(vision_indices > 0, vision_indices + shift[:, None], 0))
+        cache = backbone.empty_cache(batch, prompt_length + capacity)
+        hidden, cache = backbone.forward(inputs, cache)
+        return backbone.logits(hidden[:, -1]), cache, key_mask
 
     def _step_eager(self, logits, cache, key_mask, uniform, sampling, position, stop_ids, done):
         """Samples the next ids [B] from `logits` and runs them at cache `position`.
@@ -170,7 +132,8 @@ class Decoder:
         next_ids = samplers_lib.sample(logits, uniform, *sampling)
         next_ids = tf.where(done, self.pad_token_id, next_ids)
         done = tf.logical_or(done, tf.reduce_any(next_ids[:, None] == stop_ids[None], axis=-1))
-        hidden, cache = call_with_cache(self.backbone, next_ids[:, None], key_mask, cache, position)
+        inputs = {"token_ids": next_ids[:, None], "padding_mask": key_mask}
+        hidden, cache = self.backbone.forward(inputs, cache, position)
         return next_ids, self.backbone.logits(hidden[:, -1]), cache, done
 
     def decode(self, token_ids, lengths, max_new_tokens, stop_ids, uniforms, sampling, vision=None):

@@ -10,8 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gemma3_tf import checkpoints, filesystem
+from gemma3_tf import architecture, checkpoints, filesystem
 from gemma3_tf.checkpoints import keras_preset
+from gemma3_tf.refusals import InputError, assert_rows, assert_that
 from gemma3_tf.request_limits import MAX_IMAGE_PIXELS
 from gemma3_tf.tokenizer import Gemma3Tokenizer
 
@@ -45,17 +46,9 @@ def encoded_image_shape(image):
     return tf.reshape(shape, [2])
 
 
-def assert_rows(ok, message):
-    """An assertion that all of `ok` [B] holds; else InvalidArgumentError with `message` formatted with the
-    first failing row."""
-    # A 0 appended: argmin of an empty batch would fail ("Reduction axis 0 is empty") before the assertion.
-    first_bad = tf.argmin(tf.concat([tf.cast(ok, tf.int32), [0]], axis=0), output_type=tf.int32)
-    return tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.format(message, first_bad)])
-
-
 def assert_prompts_not_empty(prompts):
     """`assert_rows` that no prompt of `prompts` [B] is empty or blank."""
-    return assert_rows(tf.strings.length(tf.strings.strip(prompts)) > 0,
+    return assert_rows(tf.strings.length(tf.strings.strip(prompts)) > 0, "empty_prompt",
                        "`prompt[{}]` is empty; a prompt needs at least one character.")
 
 
@@ -206,22 +199,24 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         texts = [t.decode("utf-8", "replace") for t in prompts.numpy()]
         for row, text in enumerate(texts):
             if not text.strip():
-                raise ValueError(f"`prompts[{row}]` is empty; a prompt needs at least one character.")
+                raise InputError("empty_prompt", "prompts",
+                                 f"`prompts[{row}]` is empty; a prompt needs at least one character.")
             count = text.count(START_OF_IMAGE)
             if count and self.text_only:
-                raise ValueError(f"`prompts[{row}]` has {count} {START_OF_IMAGE} but this model has no vision "
-                                 "encoder.")
+                raise InputError("images_not_supported", "prompts", f"`prompts[{row}]` has {count} "
+                                 f"{START_OF_IMAGE} but this model has no vision encoder.")
             if count > self.max_images_per_prompt:
-                raise ValueError(f"`prompts[{row}]` has {count} {START_OF_IMAGE}; at most "
-                                 f"`max_images_per_prompt`={self.max_images_per_prompt} are allowed.")
+                raise InputError("too_many_images", "prompts", f"`prompts[{row}]` has {count} {START_OF_IMAGE}; "
+                                 f"at most `max_images_per_prompt`={self.max_images_per_prompt} are allowed.")
             if images is not None and count != len(images[row]):
-                raise ValueError(f"`prompts[{row}]` has {count} {START_OF_IMAGE} but `images[{row}]` holds "
+                raise InputError("image_count_mismatch", "images",
+                                 f"`prompts[{row}]` has {count} {START_OF_IMAGE} but `images[{row}]` holds "
                                  f"{len(images[row])} images: they must be equal.")
         longest = int(np.max(lengths.numpy())) if len(texts) else 0
         if longest > sequence_length:
             row = int(np.argmax(lengths.numpy()))
-            raise ValueError(f"`prompts[{row}]` is {longest} tokens (with BOS and image tokens); the maximum is "
-                             f"`sequence_length`={sequence_length}.")
+            raise InputError("too_long", "prompts", f"`prompts[{row}]` is {longest} tokens (with BOS and image "
+                             f"tokens); the maximum is `sequence_length`={sequence_length}.")
 
     def _pack(self, tokens, sequence_length):
         token_ids = tokens.to_tensor(default_value=self.tokenizer.pad_token_id, shape=[None, sequence_length])
@@ -263,7 +258,8 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
 
         rows = [as_list(row) for row in (images if batched else [images])]
         if len(rows) != batch:
-            raise ValueError(f"`images` has {len(rows)} rows for {batch} prompts: give one list per prompt.")
+            raise InputError("invalid_shape", "images",
+                             f"`images` has {len(rows)} rows for {batch} prompts: give one list per prompt.")
         return rows
 
     def _convert_row(self, row, number):
@@ -273,7 +269,8 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
                 converted.append(self.image_converter(image))
             except (tf.errors.InvalidArgumentError, ValueError) as error:
                 message = getattr(error, "message", str(error)).splitlines()[0]
-                raise ValueError(f"`images[{number}][{index}]` is not a readable image (expected encoded "
+                raise InputError("image_unreadable", "images", f"`images[{number}][{index}]` is not a readable "
+                                 "image (expected encoded "
                                  f"JPEG/PNG/GIF/BMP bytes or an [H, W, 3] array): {message}") from error
         return converted
 
@@ -336,12 +333,12 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         markers = tf.cast(tf.strings.split(prompts, START_OF_IMAGE).row_lengths() - 1, tf.int32)
         checks = []
         if self.text_only:
-            checks.append((tf.logical_and(num_images == 0, markers == 0),
+            checks.append((tf.logical_and(num_images == 0, markers == 0), "images_not_supported",
                            f"`prompt[{{}}]` has images or {START_OF_IMAGE}, but this model has no vision encoder."))
         else:
-            checks += [(num_images <= self.max_images_per_prompt,
+            checks += [(num_images <= self.max_images_per_prompt, "too_many_images",
                         f"`images[{{}}]` holds more than `max_images_per_prompt`={self.max_images_per_prompt} images."),
-                       (tf.logical_or(markers == 0, markers == num_images),
+                       (tf.logical_or(markers == 0, markers == num_images), "image_count_mismatch",
                         f"`prompt[{{}}]` has a number of {START_OF_IMAGE} markers other than its number of `images`: "
                         "give one image per marker, or no markers to put the images in front.")]
             in_front = tf.strings.reduce_join(
@@ -349,7 +346,7 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
                 axis=1)
             prompts = tf.where(markers > 0, prompts, in_front + prompts)
         with tf.control_dependencies([assert_prompts_not_empty(prompts)] +
-                                     [assert_rows(ok, message) for ok, message in checks]):
+                                     [assert_rows(*check) for check in checks]):
             prompts = tf.identity(prompts)
         texts = prompts if self.text_only else self._expand_images(prompts)
         tokens = self._tokenize(texts, self.add_start_token)
@@ -368,15 +365,17 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         known = padded == ""
         for signature in IMAGE_SIGNATURES:
             known |= tf.strings.substr(padded, 0, len(signature)) == signature
-        with tf.control_dependencies([assert_rows(tf.reduce_all(known, axis=1),
+        with tf.control_dependencies([assert_rows(tf.reduce_all(known, axis=1), "image_unreadable",
                                                   "`images[{}]` holds bytes that are not a JPEG, PNG, GIF or BMP "
                                                   "image.")]):
             flat = tf.reshape(padded, [-1])
         def convert(image, index):
             height, width = tf.unstack(encoded_image_shape(image))
-            with tf.control_dependencies([tf.debugging.Assert(height * width <= max_pixels, [tf.strings.format(
+            with tf.control_dependencies([assert_that(
+                    height * width <= max_pixels, "image_too_large",
                     f"`images[{{}}][{{}}]` is {{}} x {{}} pixels, over the max_image_pixels={max_pixels} of this "
-                    "export.", (index // count, index % count, width, height))])]):
+                    "export.",
+                    index // count, index % count, width, height)]):
                 return self.image_converter(image)
 
         pixels = tf.map_fn(lambda pair: tf.cond(pair[0] == "", lambda: tf.zeros([size, size, 3]),
@@ -397,21 +396,29 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         sequence_length = sequence_length or self.sequence_length
         prompts, batched = self._as_batch(x["prompts"], "prompts")
         responses, _ = self._as_batch(x["responses"], "responses")
-        prompt_tokens = self._tokenize(prompts if self.text_only else self._expand_images(prompts),
-                                       self.add_start_token)
-        response_tokens = self.tokenizer.tokenize(responses)
-        if self.add_end_token:
-            eos = tf.fill([response_tokens.nrows(), 1], tf.cast(self.tokenizer.end_token_id, response_tokens.dtype))
-            response_tokens = tf.concat([response_tokens, eos], axis=1)
-        tokens = tf.concat([prompt_tokens, response_tokens], axis=1)
-        is_response = tf.concat([tf.zeros_like(prompt_tokens), tf.ones_like(response_tokens)], axis=1)
+        tokens, is_response, prompt_lengths = self.prompt_and_response_tokens(prompts, responses, self.add_end_token)
         token_ids, padding_mask = self._pack(tokens, sequence_length)
         features = {"token_ids": token_ids, "padding_mask": padding_mask,
                     "loss_mask": tf.cast(is_response.to_tensor(shape=[None, sequence_length]), tf.int32)}
         if not self.text_only:
             features.update(self._vision_positions(token_ids, self.max_images_per_prompt))
-        features["prompt_lengths"] = tf.cast(prompt_tokens.row_lengths(), tf.int32)
+        features["prompt_lengths"] = prompt_lengths
         return features if batched else {k: v[0] for k, v in features.items()}
+
+    def prompt_and_response_tokens(self, prompts, responses, add_end_token):
+        """The packing of a prompt and its response, for training and for scoring: prompts [B] and responses [B]
+        strings -> ragged (tokens, is_response) [B, (n)] and the prompts' lengths [B]. The prompt's tokens (BOS
+        and image blocks as for generation) then the response's, then EOS with `add_end_token`; `is_response` is
+        1 on the response's."""
+        prompt_tokens = self._tokenize(prompts if self.text_only else self._expand_images(prompts),
+                                       self.add_start_token)
+        response_tokens = self.tokenizer.tokenize(responses)
+        if add_end_token:
+            eos = tf.fill([response_tokens.nrows(), 1], tf.cast(self.tokenizer.end_token_id, response_tokens.dtype))
+            response_tokens = tf.concat([response_tokens, eos], axis=1)
+        tokens = tf.concat([prompt_tokens, response_tokens], axis=1)
+        is_response = tf.concat([tf.zeros_like(prompt_tokens), tf.ones_like(response_tokens)], axis=1)
+        return tokens, is_response, tf.cast(prompt_tokens.row_lengths(), tf.int32)
 
     def call(self, x, y=None, sample_weight=None, sequence_length=None):
         """{"prompts", "responses"} -> (inputs, labels, sample_weight) for `fit`: next-token labels,
@@ -451,8 +458,8 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         vision = checkpoint.backbone_config().get("vision_encoder")
         if vision is not None:
             kwargs.setdefault("image_converter", Gemma3ImageConverter(vision["image_size"]))
-            kwargs.setdefault("num_vision_tokens_per_image",
-                              (vision["image_size"] // vision["patch_size"] // vision["pool_size"]) ** 2)
+            kwargs.setdefault("num_vision_tokens_per_image", architecture.tokens_per_image(
+                vision["image_size"], vision["patch_size"], vision["pool_size"]))
         return cls(Gemma3Tokenizer.from_preset(checkpoint), **kwargs)
 
     def save_to_preset(self, preset_dir):

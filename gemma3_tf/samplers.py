@@ -79,7 +79,12 @@ class Sampler:
                 tf.fill([batch], float(self.top_p)))
 
     def get_config(self):
-        return {"temperature": self.temperature, "seed": self.seed}
+        """The constructor's arguments: `type(sampler).from_config(sampler.get_config())` is an equal sampler."""
+        return {"temperature": self.temperature, "seed": self.seed, "top_k": self.top_k, "top_p": self.top_p}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 class GreedySampler(Sampler):
@@ -104,7 +109,7 @@ class TopKSampler(Sampler):
         self.k = k
 
     def get_config(self):
-        return {**super().get_config(), "k": self.k}
+        return {"k": self.k, "temperature": self.temperature, "seed": self.seed}
 
 
 class TopPSampler(Sampler):
@@ -120,7 +125,7 @@ class TopPSampler(Sampler):
         self.p, self.k = p, k
 
     def get_config(self):
-        return {**super().get_config(), "p": self.p, "k": self.k}
+        return {"p": self.p, "k": self.k, "temperature": self.temperature, "seed": self.seed}
 
 
 SAMPLERS = {"greedy": GreedySampler, "random": RandomSampler, "top_k": TopKSampler, "top_p": TopPSampler}

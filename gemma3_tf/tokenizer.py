@@ -6,8 +6,8 @@ keras-hub's `Gemma3Tokenizer` (a test oracle, never imported here).
 """
 
 import dataclasses
-import itertools
 import os
+import uuid
 
 import keras
 import tensorflow as tf
@@ -36,7 +36,8 @@ VISION_TOKENS = {
     "image_placeholder": "<img>",
 }
 ALL_TOKENS = {**TEXT_TOKENS, **VISION_TOKENS}
-_RESOURCE_IDS = itertools.count()
+STOP_TOKENS = ("end_token", "end_of_turn_token")  # generation stops after either
+GEMMA3_STOP_TOKEN_IDS = (1, 106)  # their ids in every Gemma 3 vocabulary: for models without a tokenizer
 
 
 
@@ -152,9 +153,11 @@ class Gemma3Tokenizer(keras.layers.Layer):
             elif piece.type == _PIECE.UNKNOWN:
                 render.trainer_spec.unk_surface = unk_piece = piece.piece
         try:
-            # Distinct names: a reloaded SavedModel gives two SentencePiece resources of the
-            # same name one shared model (TF Text's op keys its resource by node name).
-            uid = next(_RESOURCE_IDS)
+            # Names unique across processes: a reloaded SavedModel gives two SentencePiece resources of the
+            # same name one shared model (TF Text's op keys its resource by node name), so two exports
+            # loaded into one process must not share a name. Neither TensorFlow nor Keras offers names
+            # unique beyond one process (Keras' get_uid restarts at clear_session).
+            uid = uuid.uuid4().hex[:12]
             self._sp = tf_text.SentencepieceTokenizer(model=proto, name=f"gemma3_spm_{uid}")
             self._sp_render = tf_text.SentencepieceTokenizer(
                 model=render.SerializeToString(), name=f"gemma3_spm_render_{uid}")
@@ -165,6 +168,11 @@ class Gemma3Tokenizer(keras.layers.Layer):
         for attr, piece in ALL_TOKENS.items():
             setattr(self, f"{attr}_id", vocab.ids[piece] if attr in wanted else -1)
         self.image_placeholder_token_id = self.image_placeholder_id  # the name this project uses
+
+    @property
+    def stop_token_ids(self):
+        """The ids after which generation stops (`STOP_TOKENS`: `<eos>`, `<end_of_turn>`)."""
+        return tuple(getattr(self, f"{name}_id") for name in STOP_TOKENS)
 
     @property
     def resources(self):

@@ -9,6 +9,7 @@ into the other.
 import keras
 from keras import ops
 
+from gemma3_tf import architecture
 from gemma3_tf.layers.rms_normalization import RMSNormalization
 
 
@@ -65,7 +66,7 @@ class Gemma3VisionEncoder(keras.Model):
         self.output_dim = output_dim
         self.pool_size = pool_size
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.num_vision_tokens_per_image = (image_size // patch_size) ** 2 // pool_size**2
+        self.num_vision_tokens_per_image = architecture.tokens_per_image(image_size, patch_size, pool_size)
 
     def get_config(self):
         return {

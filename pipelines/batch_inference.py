@@ -21,21 +21,22 @@ Input (`--input`, a glob; the format from the extension or `--input_format`):
   must be the tokenizer the records were made with: `schema.json`'s fingerprint is checked), and
   each image block turned back into `<start_of_image>`; so the prompt is the one training saw, chat
   turns included, and the stored (resized) images are its images. This decoding imports
-  `gemma3_tf.data` and the tokenizer on the workers; JSONL input does not import gemma3_tf at all.
+  `gemma3_tf.data` and the tokenizer on the workers; JSONL input imports only `gemma3_tf.refusals` (the
+  contract of the model's refusal messages), none of the model code.
 
 Output in `--output_dir`: `predictions-SSSSS-of-NNNNN.jsonl` ({"id", "prompt", "completion",
 "num_tokens", "model_version"}) and `errors-SSSSS-of-NNNNN.jsonl` ({"id"?, "row" or "prompt",
 "reason", "reason_code"}): every row read is in exactly one of them. A batch the model refuses is
-split: the row its message names goes to the errors, the rest is run again, so one bad row costs one
+split: the row its refusal names goes to the errors (its reason code is the refusal's code), the rest is run again, so one bad row costs one
 extra call and loses nothing. Counters (namespace `gemma3_tf.batch_inference`): rows_read,
 predictions_written, errors_<reason_code>, batches, model_calls.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import posixpath
-import re
 import time
 
 import apache_beam as beam
@@ -45,21 +46,15 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from gemma3_tf import refusals
 from pipelines.rows import ReadLines, ReadRecords, Rejected, first_of_each_id, line_text, parse_jsonl_row, read_image
 
 NAMESPACE = "gemma3_tf.batch_inference"
 ERRORS = "errors"
-START_OF_IMAGE = "<start_of_image>"  # gemma3_tf.preprocessing's; not imported, workers stay off gemma3_tf
+START_OF_IMAGE = "<start_of_image>"  # gemma3_tf.preprocessing's; not imported, workers stay off the model code
 GENERATION_FLAGS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz")
-# The model's messages (gemma3_tf/preprocessing.py, export/signatures.py) -> reason codes.
-MODEL_REASONS = (("is empty", "empty_prompt"), ("is too long", "too_long"),
-                 ("more than `max_images_per_prompt`", "too_many_images"),
-                 ("not a JPEG, PNG, GIF or BMP", "image_unreadable"),
-                 ("markers other than its number of `images`", "image_count_mismatch"),
-                 ("no vision encoder", "images_not_supported"), ("holds an image over", "image_too_large"))
-PARAMETER_ERROR = re.compile(r"^`(max_new_tokens|temperature|top_k|top_p|seed)\b")
-ROW_ERROR = re.compile(r"^`(?:prompt|images)\[(\d+)\]`")
+ROW_FIELDS = ("prompt", "images")  # a refusal of one of these, naming a row, is that row's alone
 
 logger = logging.getLogger(NAMESPACE)
 
@@ -199,16 +194,15 @@ class SavedModelGenerator:
                 "num_tokens": result["num_tokens"].numpy().tolist()}
 
 
-def model_reason(message):
-    """The model's message without TensorFlow's framing, and its reason code."""
-    match = re.search(r"assertion failed: \[(.*?)\]\s*\n", message, re.DOTALL)
-    reason = match.group(1) if match else next((line.strip() for line in message.splitlines()
-                                                if line.strip() and "Graph execution error" not in line), message)
-    reason = reason[:500]
-    code = next((code for text, code in MODEL_REASONS if text in reason), None)
-    if code is None:
-        code = "image_unreadable" if re.search(r"(?i)decode|png|jpeg|gif|bmp", reason) else "model_error"
-    return reason, code
+def model_refusal(message):
+    """The model's refusal in an error message (its code is the reason code), or a `model_error` for any
+    other error."""
+    refusal = refusals.parse(message)
+    if refusal is None:
+        reason = next((line.strip() for line in message.splitlines()
+                       if line.strip() and "Graph execution error" not in line), message)
+        return refusals.Refusal("model_error", "", None, reason[:500])
+    return dataclasses.replace(refusal, text=refusal.text[:500])
 
 
 class Gemma3SavedModelHandler(ModelHandler):
@@ -261,14 +255,13 @@ class Gemma3SavedModelHandler(ModelHandler):
                 for i, completion, num_tokens in zip(pending, result["completion"], result["num_tokens"]):
                     outputs[i] = {"completion": completion, "num_tokens": num_tokens}
                 break
-            reason, code = model_reason(result["error"])
-            if PARAMETER_ERROR.match(reason):  # the flags are wrong for every row: stop the job
-                raise ValueError(f"The model refuses the generation flags {parameters}: {reason}")
-            named = ROW_ERROR.match(reason)
-            if len(pending) == 1 or (named and int(named.group(1)) < len(pending)):
-                row = 0 if len(pending) == 1 else int(named.group(1))
-                outputs[pending.pop(row)] = {"reason": re.sub(r"^`(prompt|images)\[\d+\]`", r"`\1`", reason),
-                                             "reason_code": code}
+            refusal = model_refusal(result["error"])
+            if refusal.code == "invalid_parameter":  # the flags are wrong for every row: stop the job
+                raise ValueError(f"The model refuses the generation flags {parameters}: {refusal.text}")
+            named = refusal.field in ROW_FIELDS and refusal.row is not None and refusal.row < len(pending)
+            if len(pending) == 1 or named:
+                row = 0 if len(pending) == 1 else refusal.row
+                outputs[pending.pop(row)] = {"reason": refusal.text, "reason_code": refusal.code}
             else:
                 for i in pending:
                     outputs[i] = self._generate([examples[i]], model, parameters)[0]

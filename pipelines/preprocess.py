@@ -28,7 +28,7 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gemma3_tf import checkpoints
+from gemma3_tf import architecture, checkpoints
 from gemma3_tf.data import SCHEMA_FILE, Schema, serialize_example, tokenizer_fingerprint
 from gemma3_tf.preprocessing import (START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter, chat_prompt,
                                      encoded_image_shape, images_in_front)
@@ -232,7 +232,8 @@ def resolve_settings(args):
     vision = checkpoint.backbone_config().get("vision_encoder") or {}
     image_size = args.image_size or vision.get("image_size", 896)
     tokens_per_image = args.num_vision_tokens_per_image or (
-        (vision["image_size"] // vision["patch_size"] // vision["pool_size"]) ** 2 if vision else 256)
+        architecture.tokens_per_image(vision["image_size"], vision["patch_size"], vision["pool_size"]) if vision
+        else 256)
     if args.max_images_per_prompt is None:  # the data the preset's own model trains on
         packing = checkpoint.preprocessor_config() if hasattr(checkpoint, "preprocessor_config") else {}
         args.max_images_per_prompt = packing.get("max_images_per_prompt", 2) if vision else 0

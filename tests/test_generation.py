@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import gemma3_tf
 from gemma3_tf import samplers
-from gemma3_tf.generation import Decoder, call_with_cache
+from gemma3_tf.generation import Decoder
 from keras_hub_oracle import TEXT_CONFIG, VISION_CONFIG, randomize, text_inputs, vision_inputs
 
 TOLERANCE = 1e-4
@@ -36,13 +36,13 @@ def test_cached_steps_equal_uncached_logits_across_the_sliding_window(text_lm):
     backbone = text_lm.backbone
     token_ids = text_inputs(batch=1, length=20)["token_ids"]  # window 4: most keys fall out of local layers
     reference = full_logits(text_lm, token_ids)[0]
-    shape = [1, 20, backbone.num_key_value_heads, backbone.head_dim]
-    cache = [(tf.zeros(shape), tf.zeros(shape)) for _ in range(backbone.num_layers)]
+    cache = backbone.empty_cache(1, 20)
     key_mask = tf.ones([1, 20], tf.int32)
-    hidden, cache = call_with_cache(backbone, token_ids[:, :5], key_mask, cache, 0)  # prefill
+    hidden, cache = backbone.forward({"token_ids": token_ids[:, :5], "padding_mask": key_mask}, cache)  # prefill
     steps = [hidden[0]]
     for position in range(5, 20):
-        hidden, cache = call_with_cache(backbone, token_ids[:, position:position + 1], key_mask, cache, position)
+        step = {"token_ids": token_ids[:, position:position + 1], "padding_mask": key_mask}
+        hidden, cache = backbone.forward(step, cache, position)
         steps.append(hidden[0])
     logits = np.asarray(backbone.token_embedding(tf.concat(steps, 0)[None], reverse=True))[0]
     np.testing.assert_allclose(logits, reference, atol=TOLERANCE, rtol=0)
@@ -177,6 +177,16 @@ def test_compile_sets_the_sampler(text_lm):
         text_lm.compile(sampler="greedy")
     with pytest.raises(ValueError, match=r"`sampler` must be a Sampler or one of .* Received: 'beam'"):
         samplers.get("beam")
+
+
+@pytest.mark.parametrize("sampler", [
+    samplers.GreedySampler(), samplers.RandomSampler(0.7, seed=3), samplers.Sampler(0.5, 1, top_k=9, top_p=0.8),
+    samplers.TopKSampler(k=4, temperature=0.9, seed=5), samplers.TopPSampler(p=0.8, k=20, seed=2)])
+def test_sampler_configs_round_trip(sampler):
+    again = type(sampler).from_config(sampler.get_config())
+    assert vars(again) == vars(sampler)
+    assert [np.asarray(value).tolist() for value in again.parameters(2)] == [
+        np.asarray(value).tolist() for value in sampler.parameters(2)]
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from gemma3_tf import filesystem
+from gemma3_tf import architecture, filesystem
 from gemma3_tf.checkpoints import layouts
 
 CONFIG_FILE = "config.json"
@@ -45,7 +45,6 @@ _MULTIMODAL_DEFAULTS = dict(mm_tokens_per_image=256, boi_token_index=255999, eoi
 _VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                         image_size=224, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
                         vision_use_head=True)
-_GLOBAL_ROPE_THETA, _LOCAL_ROPE_THETA = 1_000_000.0, 10_000.0
 _SLIDING, _FULL = "sliding_attention", "full_attention"
 
 # Prefixes used by transformers 4.x (the Hub checkpoints) and 5.x, tried in order.
@@ -112,8 +111,8 @@ def _rope(text, layer_type, legacy_theta, description):
     """(theta, linear factor) of one layer type, from `rope_parameters` (5.x) or the 4.x keys."""
     params = (text.get("rope_parameters") or {}).get(layer_type)
     if params is None:  # transformers 4.x keys
-        theta = text.get("rope_theta", _GLOBAL_ROPE_THETA) if layer_type == _FULL else text.get(
-            "rope_local_base_freq", _LOCAL_ROPE_THETA)
+        theta = text.get("rope_theta", architecture.GLOBAL_ROPE_WAVELENGTH) if layer_type == _FULL else text.get(
+            "rope_local_base_freq", architecture.LOCAL_ROPE_WAVELENGTH)
         params = dict(text.get("rope_scaling") or {}) if layer_type == _FULL else {}
         params["rope_theta"] = theta
     rope_type = params.get("rope_type", params.get("type", "default"))
@@ -140,9 +139,9 @@ def backbone_config(config, description="config.json"):
         if text[key] != expected:
             raise _unsupported(description, key, text[key], f"{key}={expected!r}")
     layers, heads, hidden = text["num_hidden_layers"], text["num_attention_heads"], text["hidden_size"]
-    layer_types = text.get("layer_types") or [
-        _FULL if (i + 1) % text.get("sliding_window_pattern", 6) == 0 else _SLIDING for i in range(layers)]
-    ours = [_SLIDING if i % 6 < 5 else _FULL for i in range(layers)]
+    pattern = text.get("sliding_window_pattern", architecture.SLIDING_WINDOW_PATTERN)
+    layer_types = text.get("layer_types") or [_FULL if (i + 1) % pattern == 0 else _SLIDING for i in range(layers)]
+    ours = [_SLIDING if local else _FULL for local in architecture.layer_types(layers)]
     if list(layer_types) != ours:
         raise _unsupported(description, "layer_types", layer_types, "five sliding layers, then one full, repeated")
     query_scale = text["query_pre_attn_scalar"]
@@ -183,8 +182,8 @@ def backbone_config(config, description="config.json"):
         final_logit_soft_cap=None if multimodal else text["final_logit_softcapping"],
         use_sliding_window_attention=True,
         sliding_window_size=text["sliding_window"],
-        local_rope_scaling_factor=_rope(text, _SLIDING, _LOCAL_ROPE_THETA, description),
-        global_rope_scaling_factor=_rope(text, _FULL, _GLOBAL_ROPE_THETA, description),
+        local_rope_scaling_factor=_rope(text, _SLIDING, architecture.LOCAL_ROPE_WAVELENGTH, description),
+        global_rope_scaling_factor=_rope(text, _FULL, architecture.GLOBAL_ROPE_WAVELENGTH, description),
         layer_norm_epsilon=text["rms_norm_eps"],
         vision_encoder=vision_encoder,
     )
@@ -297,16 +296,16 @@ class HuggingFaceCheckpoint:
 
 def hf_config(backbone, image_token_ids=None):
     """transformers' config.json for `backbone` (Gemma3ForCausalLM, or Gemma3ForConditionalGeneration)."""
-    layer_types = [_SLIDING if i % 6 < 5 and backbone.use_sliding_window_attention else _FULL
-                   for i in range(backbone.num_layers)]
-    global_rope = {"rope_type": "default", "rope_theta": _GLOBAL_ROPE_THETA}
+    layer_types = [_SLIDING if local else _FULL
+                   for local in architecture.layer_types(backbone.num_layers, backbone.use_sliding_window_attention)]
+    global_rope = {"rope_type": "default", "rope_theta": architecture.GLOBAL_ROPE_WAVELENGTH}
     if backbone.global_rope_scaling_factor != 1.0:
         global_rope = {"rope_type": "linear", "factor": backbone.global_rope_scaling_factor,
-                       "rope_theta": _GLOBAL_ROPE_THETA}
-    local_rope = {"rope_type": "default", "rope_theta": _LOCAL_ROPE_THETA}
+                       "rope_theta": architecture.GLOBAL_ROPE_WAVELENGTH}
+    local_rope = {"rope_type": "default", "rope_theta": architecture.LOCAL_ROPE_WAVELENGTH}
     if backbone.local_rope_scaling_factor != 1.0:
         local_rope = {"rope_type": "linear", "factor": backbone.local_rope_scaling_factor,
-                      "rope_theta": _LOCAL_ROPE_THETA}
+                      "rope_theta": architecture.LOCAL_ROPE_WAVELENGTH}
     if backbone.attention_logit_soft_cap is not None:
         raise ValueError("transformers' Gemma 3 does not apply `attention_logit_soft_cap`; this model needs it.")
     text = dict(

@@ -12,22 +12,12 @@ import types
 import tensorflow as tf
 
 from gemma3_tf import samplers
-from gemma3_tf.generation import MAX_STOP_TOKENS, MIN_BUCKET, Decoder, call_with_cache
-from gemma3_tf.preprocessing import assert_prompts_not_empty, assert_rows
+from gemma3_tf.generation import Decoder, compile_bucket, stop_id_slots
+from gemma3_tf.preprocessing import assert_prompts_not_empty
+from gemma3_tf.refusals import assert_rows, assert_that
 
 # The SignatureDef defaults of the generation parameters (TF Serving fills omitted inputs with them).
 GENERATE_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
-
-
-def _power_of_two_at_least(value, limit):
-    """The smallest power of two >= `value` and >= MIN_BUCKET, as a tensor (compile buckets for XLA)."""
-    powers = tf.constant([MIN_BUCKET << i for i in range((max(limit, MIN_BUCKET) // MIN_BUCKET).bit_length() + 1)])
-    return tf.reduce_min(tf.where(powers >= value, powers, powers[-1]))
-
-
-def _check(ok, message, *values):
-    """A scalar assertion whose message is `message` formatted with `values` (tensors)."""
-    return tf.debugging.Assert(ok, [tf.strings.format(message, values)])
 
 
 class ServingModule(tf.Module):
@@ -62,9 +52,7 @@ class ServingModule(tf.Module):
         self.model_variables = [variable.value for variable in causal_lm.backbone.variables]
         self.tokenizer_resources = list(preprocessor.tokenizer.resources)
         self.vocabulary = tf.saved_model.Asset(vocabulary_path)
-        tokenizer = self._run.tokenizer
-        self._stop_ids = tf.constant(
-            [tokenizer.end_token_id, tokenizer.end_of_turn_token_id] + [-1] * (MAX_STOP_TOKENS - 2), tf.int32)
+        self._stop_ids = tf.constant(stop_id_slots(preprocessor.tokenizer.stop_token_ids))
         self._hidden_ids = tf.constant(preprocessor.hidden_token_ids, tf.int32)
 
         defaults = {name: tf.constant(value) for name, value in GENERATE_DEFAULTS.items()}
@@ -93,10 +81,10 @@ class ServingModule(tf.Module):
         and everything after) does not start on a request that is refused."""
         batch, limits = tf.shape(prompt)[0], self.limits
         checks = [
-            _check(batch >= 1, f"`{what}` holds no rows; a request needs at least one."),
-            _check(batch <= limits.max_rows, f"`{what}` holds {{}} rows; this export takes at most "
-                   f"max_rows={limits.max_rows} per request.", batch),
-            assert_rows(tf.strings.length(prompt) <= limits.max_prompt_bytes,
+            assert_that(batch >= 1, "no_rows", f"`{what}` holds no rows; a request needs at least one."),
+            assert_that(batch <= limits.max_rows, "too_many_rows", f"`{what}` holds {{}} rows; this export takes "
+                        f"at most max_rows={limits.max_rows} per request.", batch),
+            assert_rows(tf.strings.length(prompt) <= limits.max_prompt_bytes, "too_long",
                         f"`{what}[{{}}]` is longer than the max_prompt_bytes={limits.max_prompt_bytes} bytes of "
                         "this export."),
         ]
@@ -111,15 +99,16 @@ class ServingModule(tf.Module):
         top_k, top_p, seed = per_row(top_k, "top_k"), per_row(top_p, "top_p"), per_row(seed, "seed")
         images = self._image_rows(images, batch)
         checks = [
-            assert_rows(max_new_tokens >= 1, "`max_new_tokens[{}]` must be >= 1."),
-            assert_rows(top_k >= 0, "`top_k[{}]` must be >= 0 (0: no top-k cut)."),
-            assert_rows(top_k <= samplers.MAX_TOP_K, f"`top_k[{{}}]` must be at most {samplers.MAX_TOP_K}."),
-            assert_rows((top_p > 0) & (top_p <= 1), "`top_p[{}]` must be in (0, 1]."),
-            assert_rows((temperature >= 0) & tf.math.is_finite(temperature),
+            assert_rows(max_new_tokens >= 1, "invalid_parameter", "`max_new_tokens[{}]` must be >= 1."),
+            assert_rows(top_k >= 0, "invalid_parameter", "`top_k[{}]` must be >= 0 (0: no top-k cut)."),
+            assert_rows(top_k <= samplers.MAX_TOP_K, "invalid_parameter",
+                        f"`top_k[{{}}]` must be at most {samplers.MAX_TOP_K}."),
+            assert_rows((top_p > 0) & (top_p <= 1), "invalid_parameter", "`top_p[{}]` must be in (0, 1]."),
+            assert_rows((temperature >= 0) & tf.math.is_finite(temperature), "invalid_parameter",
                         "`temperature[{}]` must be finite and >= 0 (0: greedy)."),
             assert_rows(tf.reduce_all(tf.strings.length(images) <= self.limits.max_image_bytes, axis=1),
-                        f"`images[{{}}]` holds an image over the max_image_bytes={self.limits.max_image_bytes} "
-                        "bytes of this export."),
+                        "image_too_large", f"`images[{{}}]` holds an image over the "
+                        f"max_image_bytes={self.limits.max_image_bytes} bytes of this export."),
         ]
         with tf.control_dependencies(checks):
             features = self._run.preprocessor.serving_features(prompt, images, self.limits.max_image_pixels)
@@ -128,16 +117,15 @@ class ServingModule(tf.Module):
         room = self.limits.max_length - lengths
         # The prefill takes token_ids: gated here, it does not start on a prompt that is refused.
         with tf.control_dependencies([assert_rows(
-                max_new_tokens <= room,
+                max_new_tokens <= room, "too_long",
                 f"`prompt[{{}}]` is too long: its tokens (BOS and image tokens included) plus `max_new_tokens` "
                 f"exceed the max_length={self.limits.max_length} of this export.")]):
             token_ids, capacity = tf.identity(token_ids), tf.reduce_max(max_new_tokens)
         if self._jit_compile:  # few shapes, so few compiles: pad lengths to powers of two
             # Room for at least the default number of new tokens: every request up to it runs the shape
             # that the warmup records compile (the loop still stops at each row's max_new_tokens).
-            capacity = _power_of_two_at_least(tf.maximum(capacity, GENERATE_DEFAULTS["max_new_tokens"]),
-                                              self.limits.max_length)
-            bucket = _power_of_two_at_least(tf.shape(token_ids)[1], self.limits.max_length)
+            capacity = compile_bucket(tf.maximum(capacity, GENERATE_DEFAULTS["max_new_tokens"]))
+            bucket = compile_bucket(tf.shape(token_ids)[1])
             token_ids = tf.pad(token_ids, [[0, 0], [0, bucket - tf.shape(token_ids)[1]]])
             if "vision_mask" in features:
                 features["vision_mask"] = tf.pad(features["vision_mask"], [[0, 0], [0, bucket - tf.shape(
@@ -173,26 +161,22 @@ class ServingModule(tf.Module):
         """A scalar or [batch] parameter -> [batch]."""
         value = tf.convert_to_tensor(value)
         size_ok = tf.logical_or(tf.size(value) == 1, tf.logical_and(tf.rank(value) == 1, tf.size(value) == batch))
-        with tf.control_dependencies([_check(size_ok, f"`{name}` must be a scalar or hold one value per prompt "
-                                             "({}); it has shape {}.", batch, tf.shape(value))]):
+        with tf.control_dependencies([assert_that(size_ok, "invalid_parameter", f"`{name}` must be a scalar or hold "
+                                                  "one value per prompt ({}); it has shape {}.", batch,
+                                                  tf.shape(value))]):
             return tf.broadcast_to(tf.reshape(value, [-1]), [batch])
 
     def _image_rows(self, images, batch):
         """[B, N] images; the default (no images at all) is [1, 0], so any row count passes when N is 0."""
         rows_ok = tf.logical_or(tf.shape(images)[0] == batch, tf.shape(images)[1] == 0)
-        with tf.control_dependencies([_check(rows_ok, "`images` must have one row per prompt ({}); it has {}.",
-                                             batch, tf.shape(images)[0])]):
+        with tf.control_dependencies([assert_that(rows_ok, "invalid_shape", "`images` must have one row per prompt "
+                                                  "({}); it has {}.", batch, tf.shape(images)[0])]):
             return tf.cond(tf.shape(images)[1] == 0, lambda: tf.fill([batch, 0], ""), lambda: images)
 
     # --- score and embed -----------------------------------------------------------------
     def _hidden_states(self, token_ids, padding_mask):
         """Final hidden states [B, T, D] of right-padded `token_ids` (one full causal pass)."""
-        backbone = self._run.backbone
-        shape = [tf.shape(token_ids)[0], tf.shape(token_ids)[1], backbone.num_key_value_heads, backbone.head_dim]
-        dtype = backbone.token_embedding.compute_dtype
-        cache = [(tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(backbone.num_layers)]
-        hidden, _ = call_with_cache(backbone, token_ids, padding_mask, cache, 0)
-        return hidden
+        return self._run.backbone.forward({"token_ids": token_ids, "padding_mask": padding_mask})[0]
 
     def _text_tokens(self, texts, add_start):
         texts = self._admitted(texts)
@@ -200,22 +184,20 @@ class ServingModule(tf.Module):
             return self._run.preprocessor._tokenize(texts, add_start)
 
     def _check_length(self, tokens, what):
-        return assert_rows(tokens.row_lengths() <= self.limits.max_length,
-                           f"`prompt[{{}}]`{what} is longer than the max_length={self.limits.max_length} tokens of this "
-                           "export.")
+        return assert_rows(tokens.row_lengths() <= self.limits.max_length, "too_long",
+                           f"`prompt[{{}}]`{what} is longer than the max_length={self.limits.max_length} tokens of "
+                           "this export.")
 
     def _score(self, prompt, response):
-        """Sum of log p(response tokens | prompt), BOS in front, no EOS after."""
-        prompt_tokens = self._text_tokens(prompt, True)
-        response_tokens = self._run.tokenizer.tokenize(self._admitted(response, "response"))
-        tokens = tf.concat([prompt_tokens, response_tokens], axis=1)
+        """Sum of log p(response tokens | prompt), packed as for training (BOS in front) without EOS after."""
+        prompt = self._admitted(prompt)
+        with tf.control_dependencies([assert_prompts_not_empty(prompt)]):
+            tokens, is_response, _ = self._run.preprocessor.prompt_and_response_tokens(
+                prompt, self._admitted(response, "response"), add_end_token=False)
         with tf.control_dependencies([self._check_length(tokens, " with its response")]):
             token_ids = tf.cast(tokens.to_tensor(self._run.tokenizer.pad_token_id), tf.int32)
-        length = tf.shape(token_ids)[1]
-        padding_mask = tf.sequence_mask(tokens.row_lengths(), length, dtype=tf.int32)
-        is_response = tf.cast(tf.concat([tf.zeros_like(prompt_tokens), tf.ones_like(response_tokens)], axis=1)
-                              .to_tensor(0, shape=[None, None]), tf.float32)
-        is_response = tf.pad(is_response, [[0, 0], [0, length - tf.shape(is_response)[1]]])
+        padding_mask = tf.sequence_mask(tokens.row_lengths(), tf.shape(token_ids)[1], dtype=tf.int32)
+        is_response = tf.cast(is_response.to_tensor(0), tf.float32)
         hidden = self._hidden_states(token_ids, padding_mask)
 
         def row_log_likelihood(row):  # one row at a time: [T, V] float32 logits, not [B, T, V]
@@ -226,7 +208,7 @@ class ServingModule(tf.Module):
         log_likelihood = tf.map_fn(row_log_likelihood, (hidden, token_ids, is_response),
                                    fn_output_signature=tf.float32)
         return {"log_likelihood": log_likelihood,
-                "num_tokens": tf.cast(response_tokens.row_lengths(), tf.int32)}
+                "num_tokens": tf.cast(tf.reduce_sum(is_response, axis=1), tf.int32)}
 
     def _embed(self, prompt):
         """Mean of the final (normalized) hidden states over the prompt's tokens, BOS included: [B, D]."""

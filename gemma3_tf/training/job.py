@@ -3,7 +3,6 @@
 import json
 import os
 
-import tensorflow as tf
 
 from gemma3_tf.training.strategy import resolve_strategy
 from gemma3_tf.data import Schema
@@ -19,28 +18,9 @@ def load_model(preset, strategy, dtype=None, lora_rank=0, remat=False):
         causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(preset, dtype=dtype)
         if lora_rank:
             causal_lm.backbone.enable_lora(lora_rank)
-    if remat:
-        for block in causal_lm.backbone.transformer_layers:
-            rematerialize(block)
+    # Each decoder block's activations recomputed in the backward pass (`Gemma3Backbone.forward`).
+    causal_lm.backbone.remat = remat
     return causal_lm
-
-
-def rematerialize(block):
-    """Routes a decoder block's training calls through `tf.recompute_grad`.
-
-    Not `keras.RematScope`: with TensorFlow it passes keyword arguments to `tf.custom_gradient`,
-    which graph mode refuses, so it fails inside any `tf.function`.
-    """
-    call = block.call
-
-    def rematerialized_call(x, attention_mask, cache=None, cache_update_index=0, training=None):
-        if cache is not None:  # generation: nothing to differentiate
-            return call(x, attention_mask, cache, cache_update_index, training)
-        # The mask is closed over: recompute_grad differentiates its arguments, and a bool has no gradient.
-        return tf.recompute_grad(lambda x: call(x, attention_mask, None, 0, training))(x)
-
-    block.call = rematerialized_call
-    block.rematerialized = True
 
 
 def train(preset, train_data, output_dir, steps=None, epochs=None, global_batch_size=8, eval_data=None,

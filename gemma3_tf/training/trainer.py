@@ -52,11 +52,11 @@ def check_data_matches_model(schema, causal_lm, global_batch_size, skip_image_ex
                          "preset's default is --max_images_per_prompt 0), or pass --skip_image_examples to train "
                          "on the examples without images.")
     if vision is not None and schema.max_images_per_prompt:
-        tokens_per_image = (vision.image_size // vision.patch_size // vision.pool_size) ** 2
-        if (schema.image_size, schema.num_vision_tokens_per_image) != (vision.image_size, tokens_per_image):
+        model = (vision.image_size, vision.num_vision_tokens_per_image)
+        if (schema.image_size, schema.num_vision_tokens_per_image) != model:
             raise ValueError(f"The data's image_size / num_vision_tokens_per_image are {schema.image_size} / "
                              f"{schema.num_vision_tokens_per_image}; the model's vision encoder takes "
-                             f"{vision.image_size} / {tokens_per_image}.")
+                             f"{model[0]} / {model[1]}.")
     written = schema.counts.get("written")
     if written is not None and written < global_batch_size:
         raise ValueError(f"The data holds {written} examples, fewer than one global batch "
