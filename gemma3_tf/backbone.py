@@ -1,5 +1,3 @@
-import os
-
 import keras
 import tensorflow as tf
 from keras import ops
@@ -341,21 +339,7 @@ class Gemma3Backbone(keras.Model):
         then gives the LoRA model back.
         """
         with filesystem.local_directory(preset_dir) as local_dir:  # a gs://... preset_dir: written here, copied up
-            adapters = keras_preset.lora_weights(self)
-            if merge_lora or not adapters:
-                keras_preset.save_backbone(self, local_dir, max_shard_size=max_shard_size)
-                return
-            # With the second factors at zero, the merged kernels Keras writes are the base kernels exactly.
-            factors_b = [weight for weight in adapters if weight.path.endswith("lora_kernel_b")]
-            values = [weight.numpy() for weight in factors_b]
-            try:
-                for weight in factors_b:
-                    weight.assign(tf.zeros(weight.shape, weight.dtype))
-                keras_preset.save_backbone(self, local_dir, max_shard_size=max_shard_size)
-            finally:
-                for weight, value in zip(factors_b, values):
-                    weight.assign(value)
-            keras_preset.save_lora(self, os.path.join(local_dir, keras_preset.LORA_FILE))
+            keras_preset.save_backbone(self, local_dir, max_shard_size=max_shard_size, merge_lora=merge_lora)
 
 
 def _build_zero_initialized(build):

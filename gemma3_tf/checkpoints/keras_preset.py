@@ -198,8 +198,30 @@ def _write_json(path, value):
         json.dump(value, file, indent=4)
 
 
-def save_backbone(backbone, preset_dir, max_shard_size=10):
-    """Writes `config.json`, `metadata.json` and the weights (sharded above `max_shard_size` GB)."""
+def save_backbone(backbone, preset_dir, max_shard_size=10, merge_lora=True):
+    """Writes `config.json`, `metadata.json` and the weights (sharded above `max_shard_size` GB).
+
+    With LoRA enabled, Keras merges the adapters into the kernels; `merge_lora=False` instead writes the base
+    weights and the adapters apart (LORA_FILE).
+    """
+    adapters = lora_weights(backbone)
+    if merge_lora or not adapters:
+        _save_backbone(backbone, preset_dir, max_shard_size)
+        return
+    # With the second factors at zero, the merged kernels Keras writes are the base kernels exactly.
+    factors_b = [weight for weight in adapters if weight.path.endswith("lora_kernel_b")]
+    values = [weight.numpy() for weight in factors_b]
+    try:
+        for weight in factors_b:
+            weight.assign(tf.zeros(weight.shape, weight.dtype))
+        _save_backbone(backbone, preset_dir, max_shard_size)
+    finally:
+        for weight, value in zip(factors_b, values):
+            weight.assign(value)
+    save_lora(backbone, os.path.join(preset_dir, LORA_FILE))
+
+
+def _save_backbone(backbone, preset_dir, max_shard_size):
     os.makedirs(preset_dir, exist_ok=True)
     _write_json(os.path.join(preset_dir, CONFIG_FILE), backbone_json(backbone))
     size_gb = sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in backbone.weights) / 1024**3
