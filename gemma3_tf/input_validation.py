@@ -8,6 +8,8 @@ eager tensors): inside a traced graph they are unknown, and XLA drops asserts.
 import numpy as np
 import tensorflow as tf
 
+from gemma3_tf.refusals import InputError
+
 TEXT_KEYS = ("token_ids", "padding_mask")
 VISION_KEYS = ("images", "vision_mask", "vision_indices")
 
@@ -48,22 +50,25 @@ def _concrete(value):
 def _check(field, value, rank, kinds, kind_text):
     shape = _shape(value)
     if len(shape) != rank:
-        raise ValueError(f"`{field}` must have rank {rank}; got shape {shape}.")
+        raise InputError("invalid_shape", field, f"`{field}` must have rank {rank}; got shape {shape}.")
     if _dtype_kind(value) not in kinds:
-        raise ValueError(f"`{field}` must be {kind_text}; got dtype {getattr(value, 'dtype', type(value))}.")
+        raise InputError("invalid_dtype", field,
+                         f"`{field}` must be {kind_text}; got dtype {getattr(value, 'dtype', type(value))}.")
     return shape
 
 
 def validate_inputs(inputs, vocabulary_size, image_size=None, num_vision_tokens_per_image=None):
-    """Raises ValueError naming the field when `inputs` does not fit the model."""
+    """Raises an `InputError` (a ValueError) naming the field when `inputs` does not fit the model."""
     expected = TEXT_KEYS + (VISION_KEYS if image_size is not None else ())
     if not isinstance(inputs, dict):
-        raise ValueError(f"Inputs must be a dict with keys {list(expected)}; got {type(inputs).__name__}.")
+        raise InputError("invalid_inputs", "inputs",
+                         f"Inputs must be a dict with keys {list(expected)}; got {type(inputs).__name__}.")
     missing = [key for key in expected if key not in inputs]
     unexpected = [key for key in inputs if key not in expected]
     if missing or unexpected:
         note = " (this model has no vision encoder)" if image_size is None and set(unexpected) & set(VISION_KEYS) else ""
-        raise ValueError(
+        raise InputError(
+            "invalid_inputs", "inputs",
             f"Inputs must have exactly the keys {list(expected)}; missing {missing}, unexpected {unexpected}{note}."
         )
 
@@ -74,11 +79,13 @@ def validate_inputs(inputs, vocabulary_size, image_size=None, num_vision_tokens_
         image_shape = _check("images", inputs["images"], 5, "f", "a float tensor scaled to [-1, 1]")
         index_shape = _check("vision_indices", inputs["vision_indices"], 2, "iu", "an integer tensor")
         if not _compatible(image_shape[2:], (image_size, image_size, 3)):
-            raise ValueError(
+            raise InputError(
+                "invalid_shape", "images",
                 f"`images` must have shape [batch, num_images, {image_size}, {image_size}, 3]; got {image_shape}."
             )
         if None not in (image_shape[1], index_shape[1]) and index_shape[1] != image_shape[1] * num_vision_tokens_per_image:
-            raise ValueError(
+            raise InputError(
+                "invalid_shape", "vision_indices",
                 f"`vision_indices` must have num_images * {num_vision_tokens_per_image} = "
                 f"{image_shape[1] * num_vision_tokens_per_image} columns for `images` of shape {image_shape}; "
                 f"got shape {index_shape}."
@@ -87,7 +94,8 @@ def validate_inputs(inputs, vocabulary_size, image_size=None, num_vision_tokens_
         shapes["vision_indices (batch)"] = index_shape[:1] + token_shape[1:]
     for field, shape in shapes.items():
         if not _compatible(shape, token_shape):
-            raise ValueError(f"`{field}` must match `token_ids` of shape {token_shape}; got shape {shape}.")
+            raise InputError("invalid_shape", field.split()[0],
+                             f"`{field}` must match `token_ids` of shape {token_shape}; got shape {shape}.")
 
     _check_values(inputs, vocabulary_size, image_size)
 
@@ -96,14 +104,16 @@ def _check_values(inputs, vocabulary_size, image_size):
     token_ids = _concrete(inputs["token_ids"])
     if token_ids is not None and token_ids.size and (token_ids.min() < 0 or token_ids.max() >= vocabulary_size):
         bad = token_ids[(token_ids < 0) | (token_ids >= vocabulary_size)]
-        raise ValueError(
+        raise InputError(
+            "invalid_value", "token_ids",
             f"`token_ids` must lie in [0, {vocabulary_size}) (the vocabulary); got {bad[:5].tolist()}."
         )
     if image_size is None:
         return
     images = _concrete(inputs["images"])
     if images is not None and images.size and (images.min() < -1.001 or images.max() > 1.001):
-        raise ValueError(
+        raise InputError(
+            "invalid_value", "images",
             f"`images` must be scaled to [-1, 1] (pixel / 127.5 - 1); got values in "
             f"[{images.min():.3g}, {images.max():.3g}]."
         )
@@ -112,7 +122,8 @@ def _check_values(inputs, vocabulary_size, image_size):
         return
     length = vision_mask.shape[1]
     if indices.size and (indices.min() < 0 or indices.max() >= length):
-        raise ValueError(
+        raise InputError(
+            "invalid_value", "vision_indices",
             f"`vision_indices` must lie in [0, {length}) (the sequence length); "
             f"got values in [{indices.min()}, {indices.max()}]."
         )
@@ -120,7 +131,8 @@ def _check_values(inputs, vocabulary_size, image_size):
         placed = np.unique(row_indices[row_indices > 0])
         masked = np.flatnonzero(row_mask)
         if placed.shape != masked.shape or (placed != masked).any():
-            raise ValueError(
+            raise InputError(
+                "invalid_value", "vision_indices",
                 f"`vision_indices` and `vision_mask` disagree in row {row}: the non-zero indices "
                 f"{_ranges(placed)} must be exactly the positions where `vision_mask` is set {_ranges(masked)}."
             )

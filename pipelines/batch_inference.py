@@ -21,14 +21,14 @@ Input (`--input`, a glob; the format from the extension or `--input_format`):
   must be the tokenizer the records were made with: `schema.json`'s fingerprint is checked), and
   each image block turned back into `<start_of_image>`; so the prompt is the one training saw, chat
   turns included, and the stored (resized) images are its images. This decoding imports
-  `gemma3_tf.data` and the tokenizer on the workers; JSONL input imports only `gemma3_tf.refusals` (the
-  contract of the model's refusal messages), none of the model code.
+  `gemma3_tf.data` and the tokenizer on the workers; JSONL input does not import gemma3_tf at all (the
+  model's refusals are read with `serving.refusals`).
 
 Output in `--output_dir`: `predictions-SSSSS-of-NNNNN.jsonl` ({"id", "prompt", "completion",
 "num_tokens", "model_version"}) and `errors-SSSSS-of-NNNNN.jsonl` ({"id"?, "row" or "prompt",
 "reason", "reason_code"}): every row read is in exactly one of them. A batch the model refuses is
-split: the row its refusal names goes to the errors (its reason code is the refusal's code), the rest is run again, so one bad row costs one
-extra call and loses nothing. Counters (namespace `gemma3_tf.batch_inference`): rows_read,
+split: the row its refusal names goes to the errors (the refusal's code is its reason code), the rest is
+run again, so one bad row costs one extra call and loses nothing. Counters (namespace `gemma3_tf.batch_inference`): rows_read,
 predictions_written, errors_<reason_code>, batches, model_calls.
 """
 
@@ -46,7 +46,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gemma3_tf import refusals
+from serving import refusals
 from pipelines.rows import ReadLines, ReadRecords, Rejected, first_of_each_id, line_text, parse_jsonl_row, read_image
 
 NAMESPACE = "gemma3_tf.batch_inference"
@@ -202,7 +202,7 @@ def model_refusal(message):
         reason = next((line.strip() for line in message.splitlines()
                        if line.strip() and "Graph execution error" not in line), message)
         return refusals.Refusal("model_error", "", None, reason[:500])
-    return dataclasses.replace(refusal, text=refusal.text[:500])
+    return dataclasses.replace(refusal, message=refusal.message[:500])
 
 
 class Gemma3SavedModelHandler(ModelHandler):
@@ -257,11 +257,11 @@ class Gemma3SavedModelHandler(ModelHandler):
                 break
             refusal = model_refusal(result["error"])
             if refusal.code == "invalid_parameter":  # the flags are wrong for every row: stop the job
-                raise ValueError(f"The model refuses the generation flags {parameters}: {refusal.text}")
+                raise ValueError(f"The model refuses the generation flags {parameters}: {refusal.message}")
             named = refusal.field in ROW_FIELDS and refusal.row is not None and refusal.row < len(pending)
             if len(pending) == 1 or named:
                 row = 0 if len(pending) == 1 else refusal.row
-                outputs[pending.pop(row)] = {"reason": refusal.text, "reason_code": refusal.code}
+                outputs[pending.pop(row)] = {"reason": refusal.reason, "reason_code": refusal.code}
             else:
                 for i in pending:
                     outputs[i] = self._generate([examples[i]], model, parameters)[0]

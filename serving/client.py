@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from serving import refusals
+
 DEFAULT_SIGNATURE = "serving_default"
 _NUMPY_DTYPES = {  # SignatureDef dtype names (DT_*) -> numpy
     "DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_HALF": np.float16, "DT_INT8": np.int8,
@@ -33,6 +35,11 @@ class ServingError(Exception):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+
+    @property
+    def refusal(self):
+        """The model's refusal of the input (`serving.refusals.Refusal`: code, field, row), or None."""
+        return refusals.parse(self.message)
 
 
 def _object_array(flat: list, shape) -> np.ndarray:

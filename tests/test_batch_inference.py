@@ -14,6 +14,7 @@ import pytest
 
 from gemma3_tf import cli
 from gemma3_tf.preprocessing import chat_prompt, images_in_front
+from gemma3_tf.refusals import graph_message
 from pipelines import batch_inference, preprocess
 from test_preprocessing import png
 from tiny_exports import PROMPTS, in_process
@@ -208,8 +209,10 @@ class FakeModel:
         self.calls.append((list(prompts), images))
         for row, prompt in enumerate(prompts):
             if prompt.startswith("bad") and (len(prompts) == 1 or not self.unnamed):
-                return {"error": f"Graph execution error:\nassertion failed: [`prompt[{row}]` is empty; a prompt "
-                                 "needs at least one character.]\n\t [[{{node Assert_12/Assert}}]]"}
+                message = graph_message("empty_prompt", f"`prompt[{row}]` is empty; a prompt needs at least one "
+                                        "character.")
+                return {"error": f"Graph execution error:\nassertion failed: [{message}]\n\t "
+                                 "[[{{node Assert_12/Assert}}]]"}
             if prompt.startswith("bad"):
                 return {"error": "Graph execution error:\nsomething about the whole batch"}
         return {"completion": [prompt.upper() for prompt in prompts], "num_tokens": [len(p) for p in prompts]}

@@ -252,17 +252,21 @@ def gemma_server_process(tiny_text_export):
 
 def test_requests_over_the_exports_limits_are_refused_and_memory_stays_flat(gemma_server_process):
     process, rest, grpc_client = gemma_server_process
-    refused = [  # (prompts, generation parameters, words of the error)
-        (["x" * (8 << 20)], {}, "`prompt[0]` is longer than the max_prompt_bytes=2304 bytes"),
-        (["hi"] * 1000, {}, "`prompt` holds 1000 rows; this export takes at most max_rows=64"),
-        (["hi " * 700], {}, "`prompt[0]` is too long"),
-        (["hi"], {"temperature": float("inf")}, "`temperature[0]` must be finite"),
+    refused = [  # (prompts, generation parameters, words of the error, its refusal's code, field and row)
+        (["x" * (8 << 20)], {}, "`prompt[0]` is longer than the max_prompt_bytes=2304 bytes",
+         ("too_long", "prompt", 0)),
+        (["hi"] * 1000, {}, "`prompt` holds 1000 rows; this export takes at most max_rows=64",
+         ("too_many_rows", "prompt", None)),
+        (["hi " * 700], {}, "`prompt[0]` is too long", ("too_long", "prompt", 0)),
+        (["hi"], {"temperature": float("inf")}, "`temperature[0]` must be finite",
+         ("invalid_parameter", "temperature", 0)),
     ]
     for client in (rest, grpc_client):
-        for prompts, parameters, words in refused:
+        for prompts, parameters, words, refusal in refused:
             with pytest.raises(ServingError, match=re.escape(words)) as error:
                 client.generate(prompts, max_new_tokens=2, **parameters)
             assert error.value.status in (400, grpc.StatusCode.INVALID_ARGUMENT)
+            assert (error.value.refusal.code, error.value.refusal.field, error.value.refusal.row) == refusal
     # The largest two again and again. The allocators keep some of what the first rounds freed (measured: +90
     # MiB by the third round, then within +-40 MiB), so growth is measured after five rounds, over twenty that
     # send 320 MB of prompts: holding on to a fifth of each would be 64 MiB.

@@ -1,5 +1,6 @@
-"""Refusal codes: what TensorFlow makes of a graph refusal parses back to its code, field and row, eagerly,
-in a tf.function and through TensorFlow's session (TF Serving's path); Python refusals carry the same codes."""
+"""Refusal codes: what TensorFlow makes of a graph refusal (gemma3_tf.refusals) parses back to its code, field
+and row (serving.refusals), eagerly, in a tf.function and through TensorFlow's session (TF Serving's path);
+Python refusals carry the same codes."""
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import tensorflow as tf
 
 from gemma3_tf import refusals
 from gemma3_tf.refusals import InputError, assert_rows, assert_that
+from serving.refusals import Refusal, parse
 
 
 def graph_error(check, *inputs):
@@ -34,8 +36,9 @@ def test_row_refusals_parse_back_to_code_field_and_row():
         return assert_rows((top_p > 0) & (top_p <= 1), "invalid_parameter", "`top_p[{}]` must be in (0, 1].")
 
     for message in graph_error(check, np.array([0.5, 0.9, 0.0], "float32")):
-        assert refusals.parse(message) == refusals.Refusal("invalid_parameter", "top_p", 2,
-                                                           "`top_p` must be in (0, 1].")
+        assert parse(message).code in refusals.CODES
+        assert parse(message) == Refusal("invalid_parameter", "top_p", 2, "`top_p[2]` must be in (0, 1].")
+        assert parse(message).reason == "`top_p` must be in (0, 1]."
 
 
 def test_refusals_with_values_and_nested_indices():
@@ -43,8 +46,8 @@ def test_refusals_with_values_and_nested_indices():
         return assert_that(width <= 10, "image_too_large", "`images[{}][{}]` is {} pixels wide, over 10.", 1, 0, width)
 
     for message in graph_error(check, np.int32(12)):
-        assert refusals.parse(message) == refusals.Refusal("image_too_large", "images", 1,
-                                                           "`images[0]` is 12 pixels wide, over 10.")
+        assert parse(message) == Refusal("image_too_large", "images", 1, "`images[1][0]` is 12 pixels wide, over 10.")
+        assert parse(message).reason == "`images[0]` is 12 pixels wide, over 10."
 
 
 def test_whole_request_refusals_have_no_row_and_other_errors_none():
@@ -52,10 +55,10 @@ def test_whole_request_refusals_have_no_row_and_other_errors_none():
         return assert_that(rows >= 1, "no_rows", "`prompt` holds no rows; a request needs at least one.")
 
     for message in graph_error(check, np.int32(0)):
-        refusal = refusals.parse(message)
+        refusal = parse(message)
         assert (refusal.code, refusal.field, refusal.row) == ("no_rows", "prompt", None)
-    assert refusals.parse("Graph execution error: ... Matrix size-incompatible: In[0]: [2,3], In[1]: [4,5]") is None
-    assert refusals.parse("Invalid PNG data, size 42").code == "image_unreadable"
+    assert parse("Graph execution error: ... Matrix size-incompatible: In[0]: [2,3], In[1]: [4,5]") is None
+    assert parse("Invalid PNG data, size 42").code == "image_unreadable"
 
 
 def test_codes_are_checked():
@@ -77,3 +80,19 @@ def test_preprocessor_refusals_carry_codes(tiny_proto):
         with pytest.raises(InputError) as raised:
             preprocessor.generate_preprocess(prompts)
         assert (raised.value.code, raised.value.field) == (code, "prompts")
+
+
+def test_model_input_refusals_carry_codes():
+    from gemma3_tf.input_validation import validate_inputs
+
+    mask = np.ones((1, 2), "int32")
+    cases = [({"token_ids": np.array([[5, 99]]), "padding_mask": mask}, ("invalid_value", "token_ids")),
+             ({"token_ids": np.array([5, 9]), "padding_mask": mask}, ("invalid_shape", "token_ids")),
+             ({"token_ids": np.array([[5.0, 9.0]]), "padding_mask": mask}, ("invalid_dtype", "token_ids")),
+             ({"token_ids": np.array([[5, 9]]), "padding_mask": np.ones((1, 3), "int32")},
+              ("invalid_shape", "padding_mask")),
+             ({"token_ids": np.array([[5, 9]])}, ("invalid_inputs", "inputs"))]
+    for inputs, expected in cases:
+        with pytest.raises(InputError) as raised:
+            validate_inputs(inputs, vocabulary_size=50)
+        assert (raised.value.code, raised.value.field) == expected
