@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from gemma3_tf import architecture, checkpoints, filesystem
 from gemma3_tf.checkpoints import keras_preset
-from gemma3_tf.refusals import InputError, assert_rows, assert_that
+from gemma3_tf.refusals import InputError, assert_rows, assert_that, raise_first
 from gemma3_tf.request_limits import MAX_IMAGE_PIXELS
 from gemma3_tf.tokenizer import Gemma3Tokenizer
 
@@ -46,10 +46,14 @@ def encoded_image_shape(image):
     return tf.reshape(shape, [2])
 
 
+def prompts_not_empty(prompts, field="prompt"):
+    """The check (for `assert_rows` / `raise_first`) that no prompt of `prompts` [B] is empty or blank."""
+    return (tf.strings.length(tf.strings.strip(prompts)) > 0, "empty_prompt",
+            f"`{field}[{{}}]` is empty; a prompt needs at least one character.")
+
+
 def assert_prompts_not_empty(prompts):
-    """`assert_rows` that no prompt of `prompts` [B] is empty or blank."""
-    return assert_rows(tf.strings.length(tf.strings.strip(prompts)) > 0, "empty_prompt",
-                       "`prompt[{}]` is empty; a prompt needs at least one character.")
+    return assert_rows(*prompts_not_empty(prompts))
 
 
 def images_in_front(prompt, num_images):
@@ -166,6 +170,36 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         return self.image_converter is None
 
     # --- prompts -------------------------------------------------------------------------
+    def prompt_checks(self, prompts, num_images, field="prompt"):
+        """What prompts [B] (image markers not expanded) that come with `num_images` [B] images must satisfy:
+        a list of `assert_rows` arguments. One definition for the graph (`serving_features`) and for eager
+        callers (`generate_preprocess`, the preprocess job: `refusals.raise_first`). A prompt without
+        `<start_of_image>` gets its images in front (`images_in_front`)."""
+        markers = tf.cast(tf.strings.split(prompts, START_OF_IMAGE).row_lengths() - 1, tf.int32)
+        has_text, code, message = prompts_not_empty(prompts, field)
+        checks = [(has_text | (num_images > 0), code, message)]  # an image alone is a prompt
+        if self.text_only:
+            return checks + [((num_images == 0) & (markers == 0), "images_not_supported",
+                              f"`{field}[{{}}]` has images or {START_OF_IMAGE}, but this model has no vision "
+                              "encoder.")]
+        limit = self.max_images_per_prompt
+        return checks + [
+            (markers <= limit, "too_many_images",
+             f"`{field}[{{}}]` has {{}} {START_OF_IMAGE}; at most `max_images_per_prompt`={limit} are allowed.", markers),
+            (num_images <= limit, "too_many_images",
+             f"`images[{{}}]` holds {{}} images, more than `max_images_per_prompt`={limit}.", num_images),
+            ((markers == 0) | (markers == num_images), "image_count_mismatch",
+             f"`{field}[{{}}]` has {{}} {START_OF_IMAGE} but `images[{{}}]` holds {{}} images: a number of markers "
+             "other than its number of `images`; give one image per marker, or none to put the images in front.",
+             markers, tf.range(tf.shape(prompts)[0]), num_images)]
+
+    def _images_in_front(self, prompts, num_images):
+        """`images_in_front` of each prompt [B] with its `num_images` [B]."""
+        markers = tf.strings.split(prompts, START_OF_IMAGE).row_lengths() - 1
+        in_front = tf.strings.reduce_join(
+            tf.where(tf.range(self.max_images_per_prompt)[None, :] < num_images[:, None], START_OF_IMAGE, ""), axis=1)
+        return tf.where(markers > 0, prompts, in_front + prompts)
+
     def _expand_images(self, prompts):
         block = (f"\n\n{START_OF_IMAGE}" + self.tokenizer.image_placeholder * self.num_vision_tokens_per_image
                  + f"{self.tokenizer.end_of_image_token}\n\n")
@@ -192,27 +226,9 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
             raise ValueError(f"`{name}` must be a string or a 1-D batch of strings. Received: {values!r}")
         return (values[None], False) if values.shape.rank == 0 else (values, True)
 
-    def _check_prompts(self, prompts, images, sequence_length, lengths):
-        """Friendly errors for concrete inputs (eager); traced graphs rely on shapes."""
-        if not tf.executing_eagerly():
-            return
-        texts = [t.decode("utf-8", "replace") for t in prompts.numpy()]
-        for row, text in enumerate(texts):
-            if not text.strip():
-                raise InputError("empty_prompt", "prompts",
-                                 f"`prompts[{row}]` is empty; a prompt needs at least one character.")
-            count = text.count(START_OF_IMAGE)
-            if count and self.text_only:
-                raise InputError("images_not_supported", "prompts", f"`prompts[{row}]` has {count} "
-                                 f"{START_OF_IMAGE} but this model has no vision encoder.")
-            if count > self.max_images_per_prompt:
-                raise InputError("too_many_images", "prompts", f"`prompts[{row}]` has {count} {START_OF_IMAGE}; "
-                                 f"at most `max_images_per_prompt`={self.max_images_per_prompt} are allowed.")
-            if images is not None and count != len(images[row]):
-                raise InputError("image_count_mismatch", "images",
-                                 f"`prompts[{row}]` has {count} {START_OF_IMAGE} but `images[{row}]` holds "
-                                 f"{len(images[row])} images: they must be equal.")
-        longest = int(np.max(lengths.numpy())) if len(texts) else 0
+    def _check_length(self, sequence_length, lengths):
+        """The eager refusal of prompts of more than `sequence_length` tokens (`lengths` [B])."""
+        longest = int(np.max(lengths.numpy())) if len(lengths) else 0
         if longest > sequence_length:
             row = int(np.argmax(lengths.numpy()))
             raise InputError("too_long", "prompts", f"`prompts[{row}]` is {longest} tokens (with BOS and image "
@@ -291,9 +307,16 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         prompts, batched = self._as_batch(prompts, "prompts")
         batch = prompts.shape[0]  # None inside tf.data / tf.function
         images = self._image_rows(images, batch, batched)
+        eager = tf.executing_eagerly()  # checks of values need them; traced graphs (tf.data) rely on shapes
+        if eager:
+            num_images = tf.constant([len(row) for row in images] if images else [0] * batch, tf.int32)
+            raise_first(self.prompt_checks(prompts, num_images, "prompts"))
+            if images and not self.text_only:
+                prompts = self._images_in_front(prompts, num_images)
         texts = prompts if self.text_only else self._expand_images(prompts)
         tokens = self._tokenize(texts, self.add_start_token)
-        self._check_prompts(prompts, images, sequence_length, tokens.row_lengths())
+        if eager:
+            self._check_length(sequence_length, tokens.row_lengths())
         token_ids, padding_mask = self._pack(tokens, sequence_length)
         out = {"token_ids": token_ids, "padding_mask": padding_mask}
         if not self.text_only:
@@ -330,24 +353,10 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         """
         given = tf.strings.length(images) > 0
         num_images = tf.reduce_sum(tf.cast(given, tf.int32), axis=1)
-        markers = tf.cast(tf.strings.split(prompts, START_OF_IMAGE).row_lengths() - 1, tf.int32)
-        checks = []
-        if self.text_only:
-            checks.append((tf.logical_and(num_images == 0, markers == 0), "images_not_supported",
-                           f"`prompt[{{}}]` has images or {START_OF_IMAGE}, but this model has no vision encoder."))
-        else:
-            checks += [(num_images <= self.max_images_per_prompt, "too_many_images",
-                        f"`images[{{}}]` holds more than `max_images_per_prompt`={self.max_images_per_prompt} images."),
-                       (tf.logical_or(markers == 0, markers == num_images), "image_count_mismatch",
-                        f"`prompt[{{}}]` has a number of {START_OF_IMAGE} markers other than its number of `images`: "
-                        "give one image per marker, or no markers to put the images in front.")]
-            in_front = tf.strings.reduce_join(
-                tf.where(tf.range(self.max_images_per_prompt)[None, :] < num_images[:, None], START_OF_IMAGE, ""),
-                axis=1)
-            prompts = tf.where(markers > 0, prompts, in_front + prompts)
-        with tf.control_dependencies([assert_prompts_not_empty(prompts)] +
-                                     [assert_rows(*check) for check in checks]):
+        with tf.control_dependencies([assert_rows(*check) for check in self.prompt_checks(prompts, num_images)]):
             prompts = tf.identity(prompts)
+        if not self.text_only:
+            prompts = self._images_in_front(prompts, num_images)
         texts = prompts if self.text_only else self._expand_images(prompts)
         tokens = self._tokenize(texts, self.add_start_token)
         token_ids = tf.cast(tokens.to_tensor(default_value=self.tokenizer.pad_token_id), tf.int32)

@@ -8,6 +8,9 @@ the batch-inference job, which run the SavedModel without this package: they map
 of a message.
 """
 
+import re
+
+import numpy as np
 import tensorflow as tf
 
 CODES = {
@@ -48,9 +51,22 @@ def assert_that(ok, code, message, *values):
     return tf.debugging.Assert(ok, [tf.strings.format(graph_message(code, message), values)])
 
 
-def assert_rows(ok, code, message):
+def assert_rows(ok, code, message, *values):
     """A graph assertion that all of `ok` [B] holds; else the refusal `message` formatted with the first
-    failing row (at `{}`)."""
+    failing row, then that row's entries of `values` (each [B])."""
     # A 0 appended: argmin of an empty batch would fail ("Reduction axis 0 is empty") before the assertion.
     first_bad = tf.argmin(tf.concat([tf.cast(ok, tf.int32), [0]], axis=0), output_type=tf.int32)
-    return tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.format(graph_message(code, message), first_bad)])
+    row_values = [tf.concat([value, tf.zeros([1], value.dtype)], axis=0)[first_bad] for value in values]
+    return tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.format(graph_message(code, message),
+                                                                     [first_bad, *row_values])])
+
+
+def raise_first(checks):
+    """`assert_rows` eagerly, for a list of its arguments (ok, code, message, *values): raises the `InputError`
+    of the first check that fails (its field is the first name in backticks in its message)."""
+    for ok, code, message, *values in checks:
+        ok = np.asarray(ok)
+        if not ok.all():
+            row = int(np.argmin(ok))
+            text = message.format(row, *(np.asarray(value)[row] for value in values))
+            raise InputError(code, re.match(r"`(\w+)", message).group(1), text)

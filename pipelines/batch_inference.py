@@ -75,8 +75,8 @@ def parse_prompt_line(source, line):
     prompt = row.get("prompt")
     if prompt is None:
         raise Rejected("missing_prompt", "the row has no `prompt`", row["id"])
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise Rejected("empty_prompt", "`prompt` must be a non-empty string", row["id"])
+    if not isinstance(prompt, str):  # what a prompt says is the model's to judge: it refuses an empty one
+        raise Rejected("empty_prompt", "`prompt` must be a string", row["id"])
     return {"id": row["id"], "prompt": prompt, "image_paths": row["images"]}
 
 

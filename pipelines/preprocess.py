@@ -30,8 +30,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from gemma3_tf import architecture, checkpoints
 from gemma3_tf.data import SCHEMA_FILE, Schema, serialize_example, tokenizer_fingerprint
-from gemma3_tf.preprocessing import (START_OF_IMAGE, Gemma3CausalLMPreprocessor, Gemma3ImageConverter, chat_prompt,
+from gemma3_tf.preprocessing import (Gemma3CausalLMPreprocessor, Gemma3ImageConverter, chat_prompt,
                                      encoded_image_shape, images_in_front)
+from gemma3_tf.refusals import InputError, raise_first
 from gemma3_tf.request_limits import MAX_IMAGE_PIXELS
 from gemma3_tf.tokenizer import Gemma3Tokenizer
 from pipelines.rows import Line, ReadLines, Rejected, line_text, parse_jsonl_row, read_image
@@ -93,18 +94,15 @@ class PrepareExample(beam.DoFn):
     def prepare(self, row):
         settings = self.settings
         prompt, response, images = row["prompt"], row["response"], row["images"]
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
             raise Rejected("empty_prompt", "`prompt` must be a non-empty string")
         if not isinstance(response, str) or not response.strip():
             raise Rejected("empty_response", "`response` must be a non-empty string (the loss is on it)")
+        try:  # the model's own checks, as generation and the export run them
+            raise_first(self.preprocessor.prompt_checks(tf.constant([prompt]), tf.constant([len(images)])))
+        except InputError as refused:
+            raise Rejected(refused.code, str(refused)) from None
         prompt = images_in_front(prompt, len(images))
-        markers = prompt.count(START_OF_IMAGE)
-        if markers > settings["max_images_per_prompt"]:
-            raise Rejected("too_many_images", f"{markers} images; at most --max_images_per_prompt="
-                                              f"{settings['max_images_per_prompt']}")
-        if markers != len(images):
-            raise Rejected("image_count_mismatch", f"the prompt has {markers} {START_OF_IMAGE} but `images` "
-                                                   f"lists {len(images)}")
         encoded = [self.resize_and_encode(image, "the image") if isinstance(image, bytes) else
                    self.resize_and_encode(read_image(image), image) for image in images]
         if settings["chat_template"]:
