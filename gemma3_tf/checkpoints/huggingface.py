@@ -294,8 +294,9 @@ class HuggingFaceCheckpoint:
             return file.read()
 
 
-def hf_config(backbone, image_token_ids=None):
-    """transformers' config.json for `backbone` (Gemma3ForCausalLM, or Gemma3ForConditionalGeneration)."""
+def hf_config(backbone, tokenizer=None):
+    """transformers' config.json for `backbone` (Gemma3ForCausalLM, or Gemma3ForConditionalGeneration); the
+    special token ids are the tokenizer's, or transformers' defaults without one."""
     layer_types = [_SLIDING if local else _FULL
                    for local in architecture.layer_types(backbone.num_layers, backbone.use_sliding_window_attention)]
     global_rope = {"rope_type": "default", "rope_theta": architecture.GLOBAL_ROPE_WAVELENGTH}
@@ -329,8 +330,11 @@ def hf_config(backbone, image_token_ids=None):
         attn_logit_softcapping=None,
         max_position_embeddings=131072,
         tie_word_embeddings=True,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,  # transformers' defaults
     )
+    if tokenizer is not None:
+        text.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.end_token_id,
+                    bos_token_id=tokenizer.start_token_id)
     dtype = backbone.dtype_policy.variable_dtype
     encoder = backbone.vision_encoder
     if encoder is None:
@@ -342,7 +346,8 @@ def hf_config(backbone, image_token_ids=None):
         "architectures": ["Gemma3ForConditionalGeneration"],
         "model_type": MULTIMODAL_MODEL_TYPE,
         **_MULTIMODAL_DEFAULTS,
-        **(image_token_ids or {}),
+        **({} if tokenizer is None else dict(boi_token_index=tokenizer.start_of_image_token_id,
+                                             eoi_token_index=tokenizer.end_of_image_token_id)),
         "mm_tokens_per_image": encoder.num_vision_tokens_per_image,
         "text_config": text,
         "vision_config": dict(
@@ -359,11 +364,7 @@ def hf_config(backbone, image_token_ids=None):
 def save(backbone, directory, tokenizer=None, max_shard_size=5 * 1024**3, progress=True):
     """Writes `config.json`, safetensors weights (sharded with an index above `max_shard_size` bytes)
     and, with a tokenizer, `tokenizer.model`: a directory transformers' `from_pretrained` loads."""
-    image_token_ids = None
-    if tokenizer is not None and backbone.vision_encoder is not None:
-        image_token_ids = dict(boi_token_index=tokenizer.start_of_image_token_id,
-                               eoi_token_index=tokenizer.end_of_image_token_id)
-    config = hf_config(backbone, image_token_ids)
+    config = hf_config(backbone, tokenizer)
     if backbone.vision_encoder is None:
         mapping = weight_map(backbone, "model.")
     else:
