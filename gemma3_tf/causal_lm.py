@@ -6,6 +6,7 @@ from gemma3_tf.backbone import Gemma3Backbone
 from gemma3_tf.generation import Decoder
 from gemma3_tf.preprocessing import Gemma3CausalLMPreprocessor
 from gemma3_tf.presets import PRESETS
+from gemma3_tf.refusals import InputError
 from gemma3_tf.tokenizer import GEMMA3_STOP_TOKEN_IDS
 
 
@@ -139,8 +140,8 @@ class Gemma3CausalLM(keras.Model):
         lengths = features["padding_mask"].sum(-1)
         longest = int(lengths.max())
         if max_length <= longest:
-            raise ValueError(f"`max_length` ({max_length}) must be greater than the longest prompt "
-                             f"({longest} tokens, BOS and image tokens included).")
+            raise InputError("too_long", "max_length", f"`max_length` ({max_length}) must be greater than the "
+                             f"longest prompt ({longest} tokens, BOS and image tokens included).")
         vision = {}
         if features.get("images") is not None and features["images"].shape[1] > 0:
             vision = {"images": features["images"], "vision_indices": features["vision_indices"],

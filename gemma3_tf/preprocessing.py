@@ -74,8 +74,8 @@ def chat_prompt(turns, add_generation_prompt=True):
     for number, turn in enumerate(turns):
         role, content = turn.get("role"), turn.get("content")
         if role not in ("user", "model", "system") or not isinstance(content, str):
-            raise ValueError(f"`turns[{number}]` must be {{'role': 'user'|'model'|'system', 'content': str}}. "
-                             f"Received: {turn!r}")
+            raise InputError("invalid_inputs", "turns", f"`turns[{number}]` must be {{'role': "
+                             f"'user'|'model'|'system', 'content': str}}. Received: {turn!r}")
         if role == "system":
             system = content
             continue
@@ -134,8 +134,69 @@ class Gemma3ImageConverter(keras.layers.Layer):
             return self._one(images)
         return tf.map_fn(self._one, images, fn_output_signature=tf.float32)
 
+    def decode_rows(self, padded, max_pixels):
+        """Encoded images [B, N] (b"" where a row has fewer) -> [B, N, S, S, 3], zeros for the b"", in graph ops.
+        Bytes of no known format and images over `max_pixels` (read from their headers) are refused before
+        anything is decoded."""
+        count, size = padded.shape[1], self.image_size
+        known = padded == ""
+        for signature in IMAGE_SIGNATURES:
+            known |= tf.strings.substr(padded, 0, len(signature)) == signature
+        with tf.control_dependencies([assert_rows(tf.reduce_all(known, axis=1), "image_unreadable",
+                                                  "`images[{}]` holds bytes that are not a JPEG, PNG, GIF or BMP "
+                                                  "image.")]):
+            flat = tf.reshape(padded, [-1])
+
+        def convert(image, index):
+            height, width = tf.unstack(encoded_image_shape(image))
+            with tf.control_dependencies([assert_that(
+                    height * width <= max_pixels, "image_too_large",
+                    f"`images[{{}}][{{}}]` is {{}} x {{}} pixels, over the max_image_pixels={max_pixels} of this "
+                    "export.",
+                    index // count, index % count, width, height)]):
+                return self._one(image)
+
+        pixels = tf.map_fn(lambda pair: tf.cond(pair[0] == "", lambda: tf.zeros([size, size, 3]),
+                                                lambda: convert(*pair)),
+                           (flat, tf.range(tf.size(flat))),
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return tf.reshape(pixels, [-1, count, size, size, 3])
+
     def get_config(self):
         return {**super().get_config(), "image_size": self.image_size}
+
+
+def _string_batch(values, name):
+    """(a 1-D string tensor, batched?) for a string, a list of strings or a string tensor."""
+    if isinstance(values, str):
+        return tf.constant([values]), False
+    if isinstance(values, (list, tuple)):
+        if not all(isinstance(v, str) for v in values):
+            raise InputError("invalid_dtype", name, f"`{name}` must be a string or a list of strings. "
+                             f"Received: {values!r}")
+        return tf.constant(values, tf.string), True
+    values = tf.convert_to_tensor(values)
+    if values.dtype != tf.string or values.shape.rank not in (0, 1):
+        raise InputError("invalid_dtype", name, f"`{name}` must be a string or a 1-D batch of strings. "
+                         f"Received: {values!r}")
+    return (values[None], False) if values.shape.rank == 0 else (values, True)
+
+
+def _image_lists(images, batch, batched):
+    """Images as one list per prompt, each image encoded bytes or an [H, W, 3] array."""
+    if images is None:
+        return None
+
+    def as_list(row):
+        if isinstance(row, (bytes, str)) or (isinstance(row, np.ndarray) and row.ndim == 3):
+            return [row]
+        return list(row)
+
+    rows = [as_list(row) for row in (images if batched else [images])]
+    if len(rows) != batch:
+        raise InputError("invalid_shape", "images",
+                         f"`images` has {len(rows)} rows for {batch} prompts: give one list per prompt.")
+    return rows
 
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")
@@ -185,7 +246,8 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         limit = self.max_images_per_prompt
         return checks + [
             (markers <= limit, "too_many_images",
-             f"`{field}[{{}}]` has {{}} {START_OF_IMAGE}; at most `max_images_per_prompt`={limit} are allowed.", markers),
+             f"`{field}[{{}}]` has {{}} {START_OF_IMAGE}; at most `max_images_per_prompt`={limit} are allowed.",
+             markers),
             (num_images <= limit, "too_many_images",
              f"`images[{{}}]` holds {{}} images, more than `max_images_per_prompt`={limit}.", num_images),
             ((markers == 0) | (markers == num_images), "image_count_mismatch",
@@ -211,20 +273,6 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
             bos = tf.fill([tokens.nrows(), 1], tf.cast(self.tokenizer.start_token_id, tokens.dtype))
             tokens = tf.concat([bos, tokens], axis=1)
         return tokens
-
-    @staticmethod
-    def _as_batch(values, name):
-        """(a 1-D string tensor, batched?) for a string, a list of strings or a string tensor."""
-        if isinstance(values, str):
-            return tf.constant([values]), False
-        if isinstance(values, (list, tuple)):
-            if not all(isinstance(v, str) for v in values):
-                raise ValueError(f"`{name}` must be a string or a list of strings. Received: {values!r}")
-            return tf.constant(values, tf.string), True
-        values = tf.convert_to_tensor(values)
-        if values.dtype != tf.string or values.shape.rank not in (0, 1):
-            raise ValueError(f"`{name}` must be a string or a 1-D batch of strings. Received: {values!r}")
-        return (values[None], False) if values.shape.rank == 0 else (values, True)
 
     def _check_length(self, sequence_length, lengths):
         """The eager refusal of prompts of more than `sequence_length` tokens (`lengths` [B])."""
@@ -261,23 +309,6 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
                 for number, row in enumerate(images)])
         return {"images": pixels, **self._vision_positions(token_ids, count)}
 
-    @staticmethod
-    def _image_rows(images, batch, batched):
-        """Images as one list per prompt, each image encoded bytes or an [H, W, 3] array."""
-        if images is None:
-            return None
-
-        def as_list(row):
-            if isinstance(row, (bytes, str)) or (isinstance(row, np.ndarray) and row.ndim == 3):
-                return [row]
-            return list(row)
-
-        rows = [as_list(row) for row in (images if batched else [images])]
-        if len(rows) != batch:
-            raise InputError("invalid_shape", "images",
-                             f"`images` has {len(rows)} rows for {batch} prompts: give one list per prompt.")
-        return rows
-
     def _convert_row(self, row, number):
         converted = []
         for index, image in enumerate(row):
@@ -300,13 +331,14 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         images = None
         if isinstance(x, dict):
             if "prompts" not in x:
-                raise ValueError(f"`inputs` must hold 'prompts'. Received keys: {sorted(x)}")
+                raise InputError("invalid_inputs", "inputs",
+                                 f"`inputs` must hold 'prompts'. Received keys: {sorted(x)}")
             prompts, images = x["prompts"], x.get("images")
         else:
             prompts = x
-        prompts, batched = self._as_batch(prompts, "prompts")
+        prompts, batched = _string_batch(prompts, "prompts")
         batch = prompts.shape[0]  # None inside tf.data / tf.function
-        images = self._image_rows(images, batch, batched)
+        images = _image_lists(images, batch, batched)
         eager = tf.executing_eagerly()  # checks of values need them; traced graphs (tf.data) rely on shapes
         if eager:
             num_images = tf.constant([len(row) for row in images] if images else [0] * batch, tf.int32)
@@ -363,35 +395,10 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         out = {"token_ids": token_ids, "padding_mask": tf.sequence_mask(tokens.row_lengths(), tf.shape(token_ids)[1],
                                                                         dtype=tf.int32)}
         if not self.text_only:
-            out["images"] = self._decode_rows(tf.ragged.boolean_mask(images, given), max_image_pixels)
+            padded = tf.ragged.boolean_mask(images, given).to_tensor("", shape=[None, self.max_images_per_prompt])
+            out["images"] = self.image_converter.decode_rows(padded, max_image_pixels)
             out.update(self._vision_positions(token_ids, self.max_images_per_prompt))
         return out
-
-    def _decode_rows(self, images, max_pixels):
-        """Ragged [B, (n)] encoded images -> [B, max_images_per_prompt, S, S, 3], zeros after each row's last."""
-        count, size = self.max_images_per_prompt, self.image_converter.image_size
-        padded = images.to_tensor(default_value="", shape=[None, count])
-        known = padded == ""
-        for signature in IMAGE_SIGNATURES:
-            known |= tf.strings.substr(padded, 0, len(signature)) == signature
-        with tf.control_dependencies([assert_rows(tf.reduce_all(known, axis=1), "image_unreadable",
-                                                  "`images[{}]` holds bytes that are not a JPEG, PNG, GIF or BMP "
-                                                  "image.")]):
-            flat = tf.reshape(padded, [-1])
-        def convert(image, index):
-            height, width = tf.unstack(encoded_image_shape(image))
-            with tf.control_dependencies([assert_that(
-                    height * width <= max_pixels, "image_too_large",
-                    f"`images[{{}}][{{}}]` is {{}} x {{}} pixels, over the max_image_pixels={max_pixels} of this "
-                    "export.",
-                    index // count, index % count, width, height)]):
-                return self.image_converter(image)
-
-        pixels = tf.map_fn(lambda pair: tf.cond(pair[0] == "", lambda: tf.zeros([size, size, 3]),
-                                                lambda: convert(*pair)),
-                           (flat, tf.range(tf.size(flat))),
-                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-        return tf.reshape(pixels, [-1, count, size, size, 3])
 
     # --- training ------------------------------------------------------------------------
     def training_features(self, x, sequence_length=None):
@@ -403,8 +410,8 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         tokens included), so that a caller can reject prompts that leave no room for the response.
         """
         sequence_length = sequence_length or self.sequence_length
-        prompts, batched = self._as_batch(x["prompts"], "prompts")
-        responses, _ = self._as_batch(x["responses"], "responses")
+        prompts, batched = _string_batch(x["prompts"], "prompts")
+        responses, _ = _string_batch(x["responses"], "responses")
         tokens, is_response, prompt_lengths = self.prompt_and_response_tokens(prompts, responses, self.add_end_token)
         token_ids, padding_mask = self._pack(tokens, sequence_length)
         features = {"token_ids": token_ids, "padding_mask": padding_mask,
