@@ -274,7 +274,7 @@ def test_requests_over_the_exports_limits_are_refused_and_memory_stays_flat(gemm
         if round == 5:
             before = rss_mib(process.pid)
         for client in (rest, grpc_client):
-            for prompts, parameters, _ in refused[:2]:
+            for prompts, parameters, *_ in refused[:2]:
                 with pytest.raises(ServingError):
                     client.generate(prompts, max_new_tokens=2, **parameters)
     after = rss_mib(process.pid)

@@ -178,10 +178,10 @@ class ServingModule(tf.Module):
         """Final hidden states [B, T, D] of right-padded `token_ids` (one full causal pass)."""
         return self._run.backbone.forward({"token_ids": token_ids, "padding_mask": padding_mask})[0]
 
-    def _text_tokens(self, texts, add_start):
-        texts = self._admitted(texts)
-        with tf.control_dependencies([assert_prompts_not_empty(texts)]):
-            return self._run.preprocessor._tokenize(texts, add_start)
+    def _prompt_tokens(self, prompt):
+        prompt = self._admitted(prompt)
+        with tf.control_dependencies([assert_prompts_not_empty(prompt)]):
+            return self._run.preprocessor._tokenize(prompt, add_start=True)
 
     def _check_length(self, tokens, what):
         return assert_rows(tokens.row_lengths() <= self.limits.max_length, "too_long",
@@ -212,7 +212,7 @@ class ServingModule(tf.Module):
 
     def _embed(self, prompt):
         """Mean of the final (normalized) hidden states over the prompt's tokens, BOS included: [B, D]."""
-        tokens = self._text_tokens(prompt, True)
+        tokens = self._prompt_tokens(prompt)
         with tf.control_dependencies([self._check_length(tokens, "")]):
             token_ids = tf.cast(tokens.to_tensor(self._run.tokenizer.pad_token_id), tf.int32)
         padding_mask = tf.sequence_mask(tokens.row_lengths(), tf.shape(token_ids)[1], dtype=tf.int32)

@@ -3,7 +3,6 @@
 import json
 import os
 
-
 from gemma3_tf.training.strategy import resolve_strategy
 from gemma3_tf.data import Schema
 from gemma3_tf.training.trainer import TrainConfig, Trainer

@@ -91,10 +91,7 @@ class Trainer:
     def _loss_sums(self, batch, training):
         """(sum of the trained tokens' losses, their number) for one replica's batch."""
         inputs, labels, weights = batch
-        backbone = self.causal_lm.backbone
-        backbone.validate_inputs(inputs)
-        # The causal LM's output, with the head's faster matmul (`Gemma3Backbone.logits`).
-        logits = backbone.logits(backbone(inputs, training=training))
+        logits = self.causal_lm(inputs, training=training)
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
         return tf.reduce_sum(losses * weights), tf.reduce_sum(weights)
 
