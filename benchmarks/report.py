@@ -185,6 +185,13 @@ def hostile_input_table(data):
         ("rss_after_mib", "after MiB", fmt(".0f"))])
 
 
+def served_profile_table(data):
+    text = (f"{data.get('cpu')}. Decode {data.get('decode_tok_s', 0):.1f} tokens/s; op time "
+            f"{data.get('op_ms_per_token', 0):.1f} ms per token (2 threads, so above wall time).\n\n")
+    return text + table(data["results"], [("op", "op type", str), ("ms_per_token", "ms per token", fmt(".2f")),
+                                          ("share", "share of op time", fmt(".1%"))], rule="---:|")
+
+
 TABLES = {name: globals()[f"{name}_table"] for name in NAMES}
 
 
@@ -425,7 +432,8 @@ def write_report(results_dir, out, charts_dir):
                                            if "seconds" in record and "error" not in record else None) if part)
         lines += [f"Command: `{data.get('command', ' '.join(command(name, results_dir)))}`"
                   + (f" ({when})" if when else ""), ""]
-        if settings_line(data) and name not in ("train", "batch_inference"):  # their tables have a header
+        # Tables with a header of their own.
+        if settings_line(data) and name not in ("train", "batch_inference", "served_profile"):
             lines += [f"Settings: {settings_line(data)}", ""]
         if name == "generate" and data.get("skipped"):
             lines += ["Skipped (see the docstring of `benchmarks/generate.py` for their virtualenvs): "

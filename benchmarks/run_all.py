@@ -37,6 +37,7 @@ BENCHMARKS = [
     ("serving", ["--work_dir", MODELS]),
     ("batch_inference", ["--model_path", os.path.join(BATCH_MODEL, "1")]),
     ("hostile_input", ["--work_dir", MODELS]),  # reuses the export batch_inference.py reads
+    ("served_profile", ["--work_dir", MODELS]),  # reuses serving.py's plain export
 ]
 NAMES = [name for name, _ in BENCHMARKS]
 

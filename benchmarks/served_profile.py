@@ -1,0 +1,105 @@
+"""Where the served model's decode time goes: per-op time of a real Gemma 3 270M export, run through
+TensorFlow's session loader (TF Serving's path), greedy, batch 1.
+
+    .venv/bin/python benchmarks/served_profile.py [--model_path BASE/NAME/VERSION] [--jit_compile]
+        [--steps 40] [--json_out FILE]
+
+Exports the model into `--work_dir` unless `--model_path` is given (plain by default, `--jit_compile` for the
+XLA export), then: the decode rate, 64 / (time for 72 new tokens - time for 8), as in issue 21; and one
+`serving_default` call of `--steps` new tokens traced with `RunOptions.FULL_TRACE`, whose step stats give each
+op type's time per generated token and share of all op time. The ops run on 2 threads, so op time exceeds
+wall time. Under XLA the decode loop is one compiled cluster and its ops are not listed.
+"""
+
+import argparse
+import collections
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+PROMPT = b"The capital of France is"
+
+
+def cpu():
+    info = open("/proc/cpuinfo").read()
+    flags = info.split("flags\t\t: ")[1].split("\n")[0].split()
+    model = info.split("model name\t: ")[1].split("\n")[0]
+    wanted = [flag for flag in ("avx512_bf16", "avx512_vnni", "amx_tile", "avx2") if flag in flags]
+    return f"{model} ({os.cpu_count()} cores; {', '.join(wanted)}; oneDNN " \
+           f"{'on' if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1' else 'default'}; {platform.python_version()})"
+
+
+def op_type(node):
+    """The op type of a step-stats node: its timeline label reads "name = Type(inputs)"."""
+    label = node.timeline_label
+    return label.split(" = ")[1].split("(")[0].strip() if " = " in label else node.node_name
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="gemma3_270m_q4_k_m")
+    parser.add_argument("--model_path", default=None, help="a version directory; default: export into --work_dir")
+    parser.add_argument("--work_dir", default="/tmp/gemma3_tf_profile_bench")
+    parser.add_argument("--jit_compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--json_out", default=None)
+    args = parser.parse_args()
+    model_path = args.model_path
+    if model_path is None:
+        base = os.path.join(args.work_dir, "gemma3_xla" if args.jit_compile else "gemma3_plain")
+        model_path = os.path.join(base, "1")
+        if not os.path.exists(os.path.join(model_path, "saved_model.pb")):
+            subprocess.run([sys.executable, "-m", "gemma3_tf.cli", "export", "--preset", args.preset,
+                            "--model_base_path", base, "--version", "1", "--no-warmup"]
+                           + (["--jit_compile"] if args.jit_compile else []), check=True)
+
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  registers TF Text's ops, as TF Serving's build has them
+    from tensorflow.core.protobuf import config_pb2
+
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], model_path).signature_def[
+            "serving_default"]
+        outputs = {alias: info.name for alias, info in signature.outputs.items()}
+
+        def generate(new_tokens, **run_args):
+            feeds = {signature.inputs["prompt"].name: np.array([PROMPT]),
+                     signature.inputs["max_new_tokens"].name: np.int32(new_tokens)}
+            start = time.perf_counter()
+            result = session.run(outputs, feeds, **run_args)
+            assert int(result["num_tokens"][0]) == new_tokens, "the prompt stopped early: pick another"
+            return time.perf_counter() - start
+
+        generate(8), generate(72)  # compiles and warms both shapes
+        decode_tok_s = 64 / (generate(72) - generate(8))
+        metadata = tf.compat.v1.RunMetadata()
+        generate(args.steps, options=config_pb2.RunOptions(trace_level=config_pb2.RunOptions.FULL_TRACE),
+                 run_metadata=metadata)
+    micros = collections.Counter()
+    for device in metadata.step_stats.dev_stats:
+        for node in device.node_stats:
+            micros[op_type(node)] += node.all_end_rel_micros
+    total = sum(micros.values())
+    rows = [{"op": op, "ms_per_token": value / 1e3 / args.steps, "share": value / total}
+            for op, value in micros.most_common(args.top)]
+    print(f"{model_path}: decode {decode_tok_s:.1f} tokens/s; op time {total / 1e3 / args.steps:.1f} ms per token")
+    for row in rows:
+        print(f"  {row['op']:32s} {row['ms_per_token']:7.2f} ms/token  {row['share']:6.1%}")
+    if args.json_out:
+        with open(args.json_out, "w") as file:
+            json.dump({"command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "cpu": cpu(),
+                       "model_path": model_path, "jit_compile": args.jit_compile, "steps": args.steps,
+                       "decode_tok_s": decode_tok_s, "op_ms_per_token": total / 1e3 / args.steps,
+                       "results": rows}, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()
