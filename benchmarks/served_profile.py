@@ -15,7 +15,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -23,17 +22,11 @@ import time
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.hostile_input import cpu  # noqa: E402
 
 PROMPT = b"The capital of France is"
-
-
-def cpu():
-    info = open("/proc/cpuinfo").read()
-    flags = info.split("flags\t\t: ")[1].split("\n")[0].split()
-    model = info.split("model name\t: ")[1].split("\n")[0]
-    wanted = [flag for flag in ("avx512_bf16", "avx512_vnni", "amx_tile", "avx2") if flag in flags]
-    return f"{model} ({os.cpu_count()} cores; {', '.join(wanted)}; oneDNN " \
-           f"{'on' if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1' else 'default'}; {platform.python_version()})"
 
 
 def op_type(node):
