@@ -105,8 +105,8 @@ class Gemma3CausalLM(keras.Model):
 
         Args:
             inputs: a prompt string, a list of them, a dict with `prompts` and `images` (a list
-                of encoded images or [H, W, 3] arrays per prompt, one per `<start_of_image>`), or
-                preprocessed `token_ids`/`padding_mask` (and image inputs).
+                of encoded images or [H, W, 3] arrays per prompt, one per `<start_of_image>`, or in front
+                of a prompt without any), or preprocessed `token_ids`/`padding_mask` (and image inputs).
             max_length: total tokens per row, prompt included (default: the preprocessor's
                 `sequence_length`); must exceed the longest prompt.
             stop_token_ids: `"auto"` (`<eos>` and `<end_of_turn>`), ids, or None to run to `max_length`.

@@ -325,7 +325,7 @@ class Gemma3CausalLMPreprocessor(keras.layers.Layer):
         """str | [str] | {"prompts", "images"?} -> model inputs for `Gemma3CausalLM.generate`.
 
         `images` per prompt: a list of encoded image bytes or [H, W, 3] arrays, one per
-        `<start_of_image>` of that prompt.
+        `<start_of_image>` of that prompt (a prompt without any gets its images in front, as in the export).
         """
         sequence_length = sequence_length or self.sequence_length
         images = None
