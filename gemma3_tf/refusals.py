@@ -29,21 +29,25 @@ CODES = {
     "image_unreadable": "bytes that are not a JPEG, PNG, GIF or BMP image",
     "image_too_large": "an image over the byte or pixel limit",
 }
+
+
+def _known(code):
+    if code not in CODES:
+        raise KeyError(f"{code!r} is not a refusal code: {sorted(CODES)}")
+    return code
+
+
 class InputError(ValueError):
     """A refusal of bad input in Python: `code` (a key of CODES) and `field`, the input it concerns."""
 
     def __init__(self, code, field, message):
-        if code not in CODES:
-            raise KeyError(f"{code!r} is not a refusal code: {sorted(CODES)}")
         super().__init__(message)
-        self.code, self.field = code, field
+        self.code, self.field = _known(code), field
 
 
 def graph_message(code, message):
     """`message` (which begins with the field in backticks) as a graph assertion gives it."""
-    if code not in CODES:
-        raise KeyError(f"{code!r} is not a refusal code: {sorted(CODES)}")
-    return f"[{code}] {message}"
+    return f"[{_known(code)}] {message}"
 
 
 def assert_that(ok, code, message, *values):

@@ -28,8 +28,8 @@ Output in `--output_dir`: `predictions-SSSSS-of-NNNNN.jsonl` ({"id", "prompt", "
 "num_tokens", "model_version"}) and `errors-SSSSS-of-NNNNN.jsonl` ({"id"?, "row" or "prompt",
 "reason", "reason_code"}): every row read is in exactly one of them. A batch the model refuses is
 split: the row its refusal names goes to the errors (the refusal's code is its reason code), the rest is
-run again, so one bad row costs one extra call and loses nothing. Counters (namespace `gemma3_tf.batch_inference`): rows_read,
-predictions_written, errors_<reason_code>, batches, model_calls.
+run again, so one bad row costs one extra call and loses nothing. Counters (namespace
+`gemma3_tf.batch_inference`): rows_read, predictions_written, errors_<reason_code>, batches, model_calls.
 """
 
 import argparse
