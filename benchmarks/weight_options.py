@@ -1,4 +1,5 @@
-"""Faster weights for the real Gemma 3 270M: bfloat16 and int8 (Keras' weight quantization) against float32.
+"""Faster weights for the real Gemma 3 270M: bfloat16 and weight-only int8 (`gemma3_tf.quantization`, Keras' int8
+quantization with float activations: `gemma3-tf export --quantize int8`) against float32.
 
     .venv/bin/python benchmarks/weight_options.py [--json_out FILE]
 
@@ -22,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gemma3_tf  # noqa: E402
+from gemma3_tf.quantization import quantize_weights  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
 STEPS = 256
@@ -31,7 +33,7 @@ def load(option):
     dtype = "bfloat16" if option == "bfloat16" else None
     causal_lm = gemma3_tf.Gemma3CausalLM.from_preset("gemma3_270m_q4_k_m", dtype=dtype, progress=False)
     if option == "int8":
-        causal_lm.backbone.quantize("int8")
+        quantize_weights(causal_lm.backbone, "int8")
     return causal_lm
 
 

@@ -8,6 +8,7 @@ from gemma3_tf.input_validation import validate_inputs
 from gemma3_tf.layers import Gemma3DecoderBlock, Gemma3InterleaveEmbeddings, RMSNormalization
 from gemma3_tf.layers.attention_mask import AttentionMasks
 from gemma3_tf.presets import PRESETS
+from gemma3_tf.quantization import is_weight_only_int8
 from gemma3_tf.vision_encoder import Gemma3VisionEncoder
 
 
@@ -217,7 +218,7 @@ class Gemma3Backbone(keras.Model):
         (equal under XLA).
         """
         embedding = self.token_embedding
-        if embedding.quantization_mode is not None:
+        if embedding.quantization_mode is not None and not is_weight_only_int8(embedding):
             return ops.cast(embedding(hidden_states, reverse=True), "float32")
         table = tf.cast(embedding.embeddings, hidden_states.dtype)
         if hidden_states.shape.rank == 2:
@@ -225,6 +226,8 @@ class Gemma3Backbone(keras.Model):
         else:
             logits = tf.matmul(hidden_states, table, transpose_b=True)
         logits = tf.cast(logits, tf.float32)
+        if embedding.quantization_mode is not None:  # weight-only int8: the table's rows have their own scales
+            logits = logits / embedding.embeddings_scale
         if embedding.logit_soft_cap is not None:
             logits = tf.tanh(logits / embedding.logit_soft_cap) * embedding.logit_soft_cap
         return logits

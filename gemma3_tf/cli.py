@@ -132,6 +132,7 @@ def _export(args):
     import gemma3_tf
     from gemma3_tf import checkpoints
     from gemma3_tf.export import export_model
+    from gemma3_tf.quantization import quantize_weights
 
     checkpoint, overrides = checkpoints.open_checkpoint(args.preset), {}
     if args.max_images is not None:
@@ -142,6 +143,8 @@ def _export(args):
     causal_lm = gemma3_tf.Gemma3CausalLM.from_preset(checkpoint, dtype=args.dtype, **overrides)
     if causal_lm.preprocessor is None:
         raise SystemExit(f"error: {args.preset} has no tokenizer; an export needs one (it runs in the graph)")
+    if args.quantize:
+        quantize_weights(causal_lm.backbone, args.quantize)
     warmup_shapes = {name: getattr(args, name) for name in ("batch_sizes", "warmup_prompt_tokens")
                      if getattr(args, name) is not None}
     export_model(causal_lm, args.model_base_path, version=args.version, max_length=args.max_length,
@@ -151,6 +154,7 @@ def _export(args):
 
 
 def _add_export_parser(commands):
+    from gemma3_tf.quantization import WEIGHT_OPTIONS
     from gemma3_tf.request_limits import PROMPT_BYTES_PER_TOKEN, ServingLimits
 
     export = commands.add_parser("export", help="write a SavedModel version for TF Serving: BASE/NAME/VERSION/")
@@ -160,6 +164,8 @@ def _add_export_parser(commands):
                         help="BASE/NAME: NAME is the model name clients ask for; BASE/models.config lists them all")
     export.add_argument("--version", type=int, default=None, help="default: one above the highest present")
     export.add_argument("--dtype", default=None, help="weights dtype in the SavedModel, e.g. bfloat16")
+    export.add_argument("--quantize", choices=WEIGHT_OPTIONS, default=None,
+                        help="weight-only int8 (Keras quantization, per-channel scales; activations stay float)")
     export.add_argument("--max_length", type=int, default=2048, help="most tokens per row: prompt + new tokens")
     export.add_argument("--max_images", type=int, default=None, help="images per prompt (vision models)")
     export.add_argument("--max_rows", type=int, default=ServingLimits.max_rows, help="most prompts per request")

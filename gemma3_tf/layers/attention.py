@@ -6,35 +6,45 @@ from keras import ops
 
 from gemma3_tf.layers.rms_normalization import RMSNormalization
 from gemma3_tf.layers.rotary_embedding import apply_rotary_embedding
+from gemma3_tf.quantization import is_weight_only_int8
 
 
 def _heads_projection(dense, x):
     """`dense` ("btd,ndh->btnh", kernel [N, D, H]) applied to x [B, T, D] -> [B, T, N, H].
 
     Done as a matmul batched over heads: XLA lowers the einsum with a copy of the transposed
-    kernel on every call, 4x slower when decoding one token. Same kernel (LoRA included).
+    kernel on every call, 4x slower when decoding one token. Same kernel (LoRA included); a
+    weight-only int8 kernel is cast inside the matmul and its output divided by the scale.
     """
-    if dense.quantization_mode is not None:
+    if dense.quantization_mode is not None and not is_weight_only_int8(dense):
         return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
     heads, dim, head_dim = kernel.shape
     flat = ops.broadcast_to(ops.reshape(x, (1, batch * length, dim)), (heads, batch * length, dim))
     out = ops.reshape(ops.matmul(flat, kernel), (heads, batch, length, head_dim))
-    return ops.transpose(out, (1, 2, 0, 3))
+    return _dequantized(dense, ops.transpose(out, (1, 2, 0, 3)))
 
 
 def _heads_output(dense, x):
     """`dense` ("btnh,nhd->btd", kernel [N, H, D]) applied to x [B, T, N, H] -> [B, T, D],
     batched over heads then summed, for the same reason as `_heads_projection`."""
-    if dense.quantization_mode is not None:
+    if dense.quantization_mode is not None and not is_weight_only_int8(dense):
         return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
     heads, head_dim, dim = kernel.shape
     per_head = ops.transpose(ops.reshape(x, (batch * length, heads, head_dim)), (1, 0, 2))
     out = ops.sum(ops.matmul(per_head, kernel), axis=0)
-    return ops.reshape(out, (batch, length, dim))
+    return _dequantized(dense, ops.reshape(out, (batch, length, dim)))
+
+
+def _dequantized(dense, output):
+    """`dense`'s output: as computed, or divided by the per-channel scale of a weight-only int8 kernel (Keras
+    keeps it in the output's layout: [1, 1, N, H] or [1, 1, D])."""
+    if dense.quantization_mode is None:
+        return output
+    return output / ops.cast(dense.kernel_scale, output.dtype)
 
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")
