@@ -18,7 +18,7 @@ venv: $(STAMP)
 # export tests run again with it off, as on every other CPU: the tiny models only (the real 270M's ran in the
 # first pass), and not the export layout test (it checks files and op names, which oneDNN does not change).
 MODEL_TESTS := tests/test_layers.py tests/test_backbone.py tests/test_keras_hub_parity.py tests/test_generation.py \
-	tests/test_export.py
+	tests/test_export.py tests/test_quantization.py
 
 test: venv
 	$(VENV)/bin/pytest

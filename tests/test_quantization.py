@@ -48,7 +48,7 @@ def test_int8_export_answers_through_tf_servings_loader_like_the_in_process_int8
     assert [text.decode("utf-8") for text in served["completion"]] == in_process(causal_lm, PROMPTS, 8)
 
 
-def test_unknown_weight_option_is_refused_in_one_line(tiny_proto, tmp_path, capsys):
+def test_unknown_weight_option_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["export", "--preset", str(tmp_path), "--model_base_path", str(tmp_path / "x"), "--quantize", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
