@@ -10,8 +10,6 @@ closing note): in a compiled decode step XLA fuses each RMSNorm and cast into a 
 float32's speed, as if the casts were hoisted out of it.
 """
 
-import keras
-
 WEIGHT_OPTIONS = ("int8",)
 
 
@@ -22,6 +20,7 @@ def is_weight_only_int8(layer):
 
 def quantize_weights(model, option):
     """Quantizes `model`'s weights in place; `option`: one of WEIGHT_OPTIONS."""
+    import keras  # here, not at the top: the CLI reads WEIGHT_OPTIONS for `--help`, which must not load TensorFlow
     if option not in WEIGHT_OPTIONS:
         raise ValueError(f"`quantize` must be one of {', '.join(WEIGHT_OPTIONS)}. Received: {option!r}")
     # Only the layers Keras can quantize: the others (norms, dropout, masks) would each log a warning.
