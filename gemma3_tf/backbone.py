@@ -8,7 +8,7 @@ from gemma3_tf.input_validation import validate_inputs
 from gemma3_tf.layers import Gemma3DecoderBlock, Gemma3InterleaveEmbeddings, RMSNormalization
 from gemma3_tf.layers.attention_mask import AttentionMasks
 from gemma3_tf.presets import PRESETS
-from gemma3_tf.quantization import is_weight_only_int8
+from gemma3_tf.quantization import in_own_matmul
 from gemma3_tf.vision_encoder import Gemma3VisionEncoder
 
 
@@ -218,7 +218,7 @@ class Gemma3Backbone(keras.Model):
         (equal under XLA).
         """
         embedding = self.token_embedding
-        if embedding.quantization_mode is not None and not is_weight_only_int8(embedding):
+        if not in_own_matmul(embedding):
             return ops.cast(embedding(hidden_states, reverse=True), "float32")
         table = tf.cast(embedding.embeddings, hidden_states.dtype)
         if hidden_states.shape.rank == 2:

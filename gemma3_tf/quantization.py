@@ -18,6 +18,12 @@ def is_weight_only_int8(layer):
     return layer.quantization_mode == "int8" and getattr(layer, "inputs_quantizer", None) is None
 
 
+def in_own_matmul(layer):
+    """Whether the layers' own matmuls take `layer`'s kernel: a float one, or weight-only int8 (divided by its
+    scale after). Keras' other quantization modes run the layer's own call."""
+    return layer.quantization_mode is None or is_weight_only_int8(layer)
+
+
 def quantize_weights(model, option):
     """Quantizes `model`'s weights in place; `option`: one of WEIGHT_OPTIONS."""
     import keras  # here, not at the top: the CLI reads WEIGHT_OPTIONS for `--help`, which must not load TensorFlow

@@ -28,7 +28,7 @@ def test_weight_only_int8_equals_keras_int8_call_and_stays_near_float32(tiny_pro
     ours = logits(quantized, token_ids)
     # Keras' own int8 calls (EinsumDense._int8_call, ReversibleEmbedding reverse) on the same weights.
     for module in (gemma3_tf.backbone, gemma3_tf.layers.attention):
-        monkeypatch.setattr(module, "is_weight_only_int8", lambda layer: False)
+        monkeypatch.setattr(module, "in_own_matmul", lambda layer: layer.quantization_mode is None)
     np.testing.assert_allclose(ours, logits(quantized, token_ids), rtol=1e-4, atol=1e-4)
     reference = logits(float32, token_ids)
     # Per-channel int8 rounds each weight by at most half a step of 1/127 of its channel's largest magnitude.

@@ -6,7 +6,7 @@ from keras import ops
 
 from gemma3_tf.layers.rms_normalization import RMSNormalization
 from gemma3_tf.layers.rotary_embedding import apply_rotary_embedding
-from gemma3_tf.quantization import is_weight_only_int8
+from gemma3_tf.quantization import in_own_matmul
 
 
 def _heads_projection(dense, x):
@@ -16,7 +16,7 @@ def _heads_projection(dense, x):
     kernel on every call, 4x slower when decoding one token. Same kernel (LoRA included); a
     weight-only int8 kernel is cast inside the matmul and its output divided by the scale.
     """
-    if dense.quantization_mode is not None and not is_weight_only_int8(dense):
+    if not in_own_matmul(dense):
         return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
@@ -29,7 +29,7 @@ def _heads_projection(dense, x):
 def _heads_output(dense, x):
     """`dense` ("btnh,nhd->btd", kernel [N, H, D]) applied to x [B, T, N, H] -> [B, T, D],
     batched over heads then summed, for the same reason as `_heads_projection`."""
-    if dense.quantization_mode is not None and not is_weight_only_int8(dense):
+    if not in_own_matmul(dense):
         return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
