@@ -25,6 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from batch_inference import length_bucketing_summary  # noqa: E402
 from run_all import NAMES, command, export_command  # noqa: E402
 
 BENCHMARK_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -175,6 +176,8 @@ def batch_inference_table(data):
         best = max(results, key=lambda result: result["pipeline_prompts_per_s"])
         text += (f"\n\nBest batch size {best['batch_size']}: {best['pipeline_prompts_per_s']:.2f} prompts/s through "
                  f"Beam, overhead {best['overhead']:+.1%} over the plain loop (target <= +15%).")
+    if data.get("length_bucketing"):
+        text += "\n" + length_bucketing_summary(data["length_bucketing"])
     return text
 
 

@@ -2,6 +2,7 @@
 
     python -m pipelines.batch_inference --model_path models/gemma3/1 --input 'data/prompts-*.jsonl' \\
         --output_dir out/ [--max_new_tokens 64 --temperature 0.7 --top_k 64 --seed 1] [--max_batch_size 16] \\
+        [--length_buckets 64 128 ... | --no-bucket_by_length] \\
         [--direct_num_workers 2 --direct_running_mode multi_processing ...]
     gemma3-tf batch-infer ...                                           # the same flags
     ... --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py \\
@@ -24,6 +25,10 @@ Input (`--input`, a glob; the format from the extension or `--input_format`):
   `gemma3_tf.data` and the tokenizer on the workers; JSONL input does not import gemma3_tf at all (the
   model's refusals are read with `serving.refusals`).
 
+Batches hold prompts of similar length (`BatchByLength`; `--length_buckets`, boundaries in prompt bytes, an
+image counted as IMAGE_LENGTH bytes): a batch's rows are padded to its longest, so one long prompt among
+short ones makes each of them cost as much as it does.
+
 Output in `--output_dir`: `predictions-SSSSS-of-NNNNN.jsonl` ({"id", "prompt", "completion",
 "num_tokens", "model_version"}) and `errors-SSSSS-of-NNNNN.jsonl` ({"id"?, "row" or "prompt",
 "reason", "reason_code"}): every row read is in exactly one of them. A batch the model refuses is
@@ -33,11 +38,13 @@ run again, so one bad row costs one extra call and loses nothing. Counters (name
 """
 
 import argparse
+import bisect
 import dataclasses
 import json
 import logging
 import posixpath
 import time
+import zlib
 
 import apache_beam as beam
 import tensorflow as tf
@@ -55,6 +62,15 @@ START_OF_IMAGE = "<start_of_image>"  # gemma3_tf.preprocessing's; not imported, 
 GENERATION_FLAGS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz")
 ROW_FIELDS = ("prompt", "images")  # a refusal of one of these, naming a row, is that row's alone
+# Length buckets, in prompt bytes (about 4 per token): each holds lengths within 2x of each other, so padding
+# costs a batch at most about as much as its rows.
+LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# What one image weighs in a prompt's length: its 256 tokens (4B and up) at the 4 bytes per token above. A
+# guess only decides which batch a row joins, never what it computes.
+IMAGE_LENGTH = 1024
+# Rows per group of one bucket (`BatchByLength`): groups are what workers share out, and only a batch that
+# straddles two groups mixes lengths.
+ROWS_PER_GROUP = 256
 
 logger = logging.getLogger(NAMESPACE)
 
@@ -165,6 +181,43 @@ def export_tokenizer(model_path):
 
     with FileSystems.open(FileSystems.join(model_path, "assets", VOCAB_FILENAME)) as file:
         return Gemma3Tokenizer(file.read(), has_vision_tokens=False)
+
+
+# --- batching --------------------------------------------------------------------------------
+def prompt_length(example):
+    """The batching length of an example: its prompt's UTF-8 bytes, plus IMAGE_LENGTH per image."""
+    return len(example["prompt"].encode("utf-8")) + IMAGE_LENGTH * len(example["images"])
+
+
+class BatchByLength(beam.PTransform):
+    """(id, example) pairs -> the same pairs, those of one length bucket next to each other, so that the batches
+    RunInference's BatchElements cuts from them hold prompts of one bucket.
+
+    Beam's own length-aware batching (RunInference's `batch_length_fn`) runs only on its stateful path,
+    whose processing-time timer the DirectRunner's FnApiRunner and Prism do not support (it falls back to
+    the legacy runner, which fails on this job). So: a GroupByKey on (bucket, group), with each bucket cut
+    into groups of about `rows_per_group` rows (by a hash of the id: stable across retries) so that a big
+    bucket spreads over many workers, then each group's rows in a row.
+    """
+
+    def __init__(self, boundaries, rows_per_group=ROWS_PER_GROUP):
+        super().__init__()
+        self.boundaries, self.rows_per_group = list(boundaries), rows_per_group
+
+    def expand(self, pairs):
+        boundaries, rows_per_group = self.boundaries, self.rows_per_group
+        bucketed = pairs | "Bucket" >> beam.Map(lambda pair: (bisect.bisect_right(boundaries, prompt_length(pair[1])),
+                                                              pair))
+        groups = beam.pvalue.AsDict(
+            bucketed | "Buckets" >> beam.Keys() | "CountPerBucket" >> beam.combiners.Count.PerElement()
+            | "GroupsPerBucket" >> beam.MapTuple(lambda bucket, rows: (bucket, -(-rows // rows_per_group))))
+
+        def group_key(element, groups):
+            bucket, pair = element
+            return (bucket, zlib.crc32(pair[0].encode("utf-8")) % groups[bucket]), pair
+
+        return (bucketed | "GroupKey" >> beam.Map(group_key, groups) | "Group" >> beam.GroupByKey()
+                | "InGroupOrder" >> beam.FlatMap(lambda group: group[1]))
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -325,6 +378,11 @@ def build_parser():
         parser.add_argument(f"--{name}", type=kind, default=None, help="default: the model's")
     parser.add_argument("--min_batch_size", type=int, default=1)
     parser.add_argument("--max_batch_size", type=int, default=16)
+    parser.add_argument("--bucket_by_length", action=argparse.BooleanOptionalAction, default=True,
+                        help="batch prompts of similar length together (default: on)")
+    parser.add_argument("--length_buckets", type=int, nargs="+", default=list(LENGTH_BUCKETS),
+                        help=f"the length buckets' boundaries, in prompt bytes (an image counts {IMAGE_LENGTH}); "
+                        "default: %(default)s")
     parser.add_argument("--large_model", action="store_true",
                         help="load the model once per machine, shared by its worker processes")
     parser.add_argument("--model_copies", type=int, default=None,
@@ -346,6 +404,8 @@ def check_args(args):
     if args.min_batch_size < 1 or args.max_batch_size < args.min_batch_size:
         raise SystemExit(f"error: need 1 <= --min_batch_size <= --max_batch_size, got {args.min_batch_size} and "
                          f"{args.max_batch_size}")
+    if args.length_buckets[0] < 1 or args.length_buckets != sorted(set(args.length_buckets)):
+        raise SystemExit(f"error: --length_buckets must be increasing positive byte counts, got {args.length_buckets}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise SystemExit(f"error: --max_new_tokens must be at least 1, got {args.max_new_tokens}")
     if not FileSystems.exists(FileSystems.join(args.model_path, "saved_model.pb")):
@@ -390,7 +450,10 @@ def build_pipeline(pipeline, args, schema=None):
     handler = KeyedModelHandler(Gemma3SavedModelHandler(
         args.model_path, generation_parameters(args), args.min_batch_size, args.max_batch_size,
         large_model=args.large_model, model_copies=args.model_copies))
-    results = (unique.rows | "RunInference" >> RunInference(handler)
+    to_run = unique.rows
+    if args.bucket_by_length:
+        to_run = to_run | "BatchByLength" >> BatchByLength(args.length_buckets)
+    results = (to_run | "RunInference" >> RunInference(handler)
                | "SplitResults" >> beam.ParDo(SplitResults()).with_outputs(ERRORS, main="predictions"))
     errors = (rows[ERRORS], unique[ERRORS], results[ERRORS]) | "AllErrors" >> beam.Flatten()
     for name, records in (("predictions", results.predictions), (ERRORS, errors)):
@@ -421,9 +484,10 @@ def main(argv=None):
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(logging.INFO)
-    logger.info("batch-infer: %s (%s) with %s version %s, batches of %d-%d, generation %s", args.input,
+    logger.info("batch-infer: %s (%s) with %s version %s, batches of %d-%d %s, generation %s", args.input,
                 input_format(args), args.model_path, model_version(args.model_path), args.min_batch_size,
-                args.max_batch_size, generation_parameters(args) or "the model's defaults")
+                args.max_batch_size, "by length" if args.bucket_by_length else "as rows come",
+                generation_parameters(args) or "the model's defaults")
     if not FileSystems.exists(args.output_dir):
         FileSystems.mkdirs(args.output_dir)
     start = time.perf_counter()

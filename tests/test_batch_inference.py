@@ -4,6 +4,7 @@ Every row read comes out once: as a prediction equal to calling the SavedModel d
 to the in-process model), or as an error with its reason. The tests make their own prompt files.
 """
 
+import bisect
 import glob
 import json
 import os
@@ -236,6 +237,48 @@ def test_refused_batches_lose_only_the_rows_the_model_names():
     results = list(handler.run_inference(batch[:3], unnamed))
     assert [result.inference.get("reason_code") for result in results] == [None, "empty_prompt", None]
     assert len(unnamed.calls) == 4
+
+
+def batches_of(pairs, bucket_by_length, work_dir, size=4, rows_per_group=256):
+    """The batches (lists of ids) RunInference's BatchElements cuts (min = max = `size`) from (id, example)
+    `pairs`, with or without `BatchByLength` before it, on the DirectRunner."""
+    import apache_beam as beam
+
+    prefix = os.path.join(work_dir, f"batches_{bucket_by_length}_{rows_per_group}")
+    with beam.Pipeline() as pipeline:
+        rows = pipeline | beam.Create(pairs, reshuffle=False)
+        if bucket_by_length:
+            rows = rows | batch_inference.BatchByLength(batch_inference.LENGTH_BUCKETS, rows_per_group)
+        _ = (rows | beam.BatchElements(min_batch_size=size, max_batch_size=size)
+             | beam.Map(lambda batch: json.dumps([key for key, _ in batch])) | beam.io.WriteToText(prefix))
+    return [json.loads(line) for path in glob.glob(prefix + "*") for line in open(path)]
+
+
+def test_batches_by_length_hold_prompts_of_one_bucket(tmp_path):
+    # Lengths that interleave three buckets ([64, 128), [128, 256), [256, 512) bytes), an image row among them.
+    lengths = [70, 300, 150, 80, 400, 200, 90, 260, 130, 100, 310, 140] * 3
+    pairs = [(f"r{index}", {"prompt": "x" * length, "images": []}) for index, length in enumerate(lengths)]
+    pairs.append(("image", {"prompt": "x" * 10, "images": [b"png"]}))  # 10 + IMAGE_LENGTH bytes
+    bucket = {key: bisect.bisect_right(batch_inference.LENGTH_BUCKETS, batch_inference.prompt_length(example))
+              for key, example in pairs}
+
+    def mixed(batches):
+        return sum(len({bucket[key] for key in batch}) > 1 for batch in batches)
+
+    as_they_come = batches_of(pairs, bucket_by_length=False, work_dir=tmp_path)
+    assert mixed(as_they_come) >= len(as_they_come) // 2  # the control: batches as rows come mix lengths
+    for rows_per_group in (256, 6):  # one group per bucket; then buckets cut into groups of about 6
+        by_length = batches_of(pairs, bucket_by_length=True, work_dir=tmp_path, rows_per_group=rows_per_group)
+        assert sorted(key for batch in by_length for key in batch) == sorted(bucket)  # each row once
+        groups = sum(-(-list(bucket.values()).count(b) // rows_per_group) for b in set(bucket.values()))
+        assert mixed(by_length) <= groups - 1  # only where one group's rows end and the next one's start
+
+
+def test_length_buckets_must_be_increasing(tiny_text_savedmodel, text_rows, tmp_path):
+    for buckets in (["64", "32"], ["0", "64"]):
+        with pytest.raises(SystemExit, match=r"--length_buckets must be increasing positive byte counts"):
+            batch_inference.main(["--model_path", tiny_text_savedmodel[1], "--input", text_rows[0], "--output_dir",
+                                  str(tmp_path), "--length_buckets", *buckets])
 
 
 def test_generation_flags_the_model_refuses_stop_the_job(tiny_text_savedmodel, text_rows, tmp_path):
