@@ -26,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from batch_inference import length_bucketing_summary  # noqa: E402
+from served_speed import table as served_speed_rows  # noqa: E402
 from run_all import NAMES, command, export_command  # noqa: E402
 
 BENCHMARK_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -193,6 +194,10 @@ def served_profile_table(data):
             f"{data.get('op_ms_per_token', 0):.1f} ms per token (2 threads, so above wall time).\n\n")
     return text + table(data["results"], [("op", "op type", str), ("ms_per_token", "ms per token", fmt(".2f")),
                                           ("share", "share of op time", fmt(".1%"))], rule="---:|")
+
+
+def served_speed_table(data):
+    return f"{data.get('cpu')}.\n\n" + served_speed_rows(data["results"])
 
 
 TABLES = {name: globals()[f"{name}_table"] for name in NAMES}
@@ -436,7 +441,7 @@ def write_report(results_dir, out, charts_dir):
         lines += [f"Command: `{data.get('command', ' '.join(command(name, results_dir)))}`"
                   + (f" ({when})" if when else ""), ""]
         # Tables with a header of their own.
-        if settings_line(data) and name not in ("train", "batch_inference", "served_profile"):
+        if settings_line(data) and name not in ("train", "batch_inference", "served_profile", "served_speed"):
             lines += [f"Settings: {settings_line(data)}", ""]
         if name == "generate" and data.get("skipped"):
             lines += ["Skipped (see the docstring of `benchmarks/generate.py` for their virtualenvs): "

@@ -54,6 +54,35 @@ def log_probs(causal_lm, sequence):
     return np.asarray(tf.nn.log_softmax(tf.cast(logits, tf.float32)))[0]
 
 
+def greedy_sequences(reference, prompts, steps):
+    """[(prompt + `steps` greedy tokens of `reference` [1, L], prompt length)] for each prompt, and `reference`'s
+    log-probabilities over each sequence."""
+    sequences, scores = [], []
+    for prompt in prompts:
+        features = reference.preprocessor.generate_preprocess([prompt], sequence_length=16)
+        length = int(np.asarray(features["padding_mask"]).sum())
+        prompt_ids = np.asarray(features["token_ids"])[:, :length]
+        new = reference.generate_ids(prompt_ids, np.ones_like(prompt_ids), steps, stop_token_ids=())
+        sequences.append((np.concatenate([prompt_ids, new], axis=1), length))
+        scores.append(log_probs(reference, sequences[-1][0]))
+    return sequences, scores
+
+
+def agreement(causal_lm, sequences, reference_scores):
+    """(top-1 agreement, max log-prob error) of `causal_lm` against the reference over the greedy tokens of
+    `greedy_sequences`, teacher forced."""
+    agree, total, error = 0, 0, 0.0
+    for (sequence, length), expected in zip(sequences, reference_scores):
+        scores = log_probs(causal_lm, sequence)
+        span = slice(length - 1, sequence.shape[1] - 1)
+        agree += int((scores[span].argmax(-1) == expected[span].argmax(-1)).sum())
+        total += sequence.shape[1] - length
+        chosen = sequence[0, length:]
+        error = max(error, float(np.abs(scores[span][np.arange(len(chosen)), chosen]
+                                        - expected[span][np.arange(len(chosen)), chosen]).max()))
+    return agree / total, error
+
+
 def write_json(path, results, **settings):
     """`--json_out`: the rows printed above, the command that measured them and its settings."""
     python = os.path.relpath(sys.executable)
@@ -67,29 +96,12 @@ def main():
     parser.add_argument("--json_out", default=None, help="also write the rows as JSON")
     args = parser.parse_args()
     reference = load("float32")
-    sequences, reference_scores = [], []
-    for prompt in PROMPTS:
-        features = reference.preprocessor.generate_preprocess([prompt], sequence_length=16)
-        length = int(np.asarray(features["padding_mask"]).sum())
-        prompt_ids = np.asarray(features["token_ids"])[:, :length]
-        new = reference.generate_ids(prompt_ids, np.ones_like(prompt_ids), STEPS, stop_token_ids=())
-        sequence = np.concatenate([prompt_ids, new], axis=1)
-        sequences.append((sequence, length))
-        reference_scores.append(log_probs(reference, sequence))
+    sequences, reference_scores = greedy_sequences(reference, PROMPTS, STEPS)
     rows = [("float32", decode_rate(reference), 1.0, 0.0)]
     del reference
     for option in ("bfloat16", "int8"):
         causal_lm = load(option)
-        agree, total, error = 0, 0, 0.0
-        for (sequence, length), expected in zip(sequences, reference_scores):
-            scores = log_probs(causal_lm, sequence)
-            span = slice(length - 1, sequence.shape[1] - 1)
-            agree += int((scores[span].argmax(-1) == expected[span].argmax(-1)).sum())
-            total += sequence.shape[1] - length
-            chosen = sequence[0, length:]
-            error = max(error, float(np.abs(scores[span][np.arange(len(chosen)), chosen]
-                                            - expected[span][np.arange(len(chosen)), chosen]).max()))
-        rows.append((option, decode_rate(causal_lm), agree / total, error))
+        rows.append((option, decode_rate(causal_lm), *agreement(causal_lm, sequences, reference_scores)))
         print(f"done: {option}", file=sys.stderr)
     print("| weights | decode tokens/s (batch 1) | top-1 agreement vs float32 | max log-prob error |")
     print("|---|---|---|---|")

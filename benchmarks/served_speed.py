@@ -1,0 +1,155 @@
+"""Issue 21's ratios in one run: the decode speed of each export option as served (the local server: TF
+Serving's REST API over TensorFlow's session loader), against our in-process XLA `generate` and keras-hub's,
+at batch 1 and 8, with the server's memory.
+
+    .venv/bin/python benchmarks/served_speed.py [--options float32 float32_xla bfloat16_xla int8_xla]
+        [--batch 1 8] [--in_process ours keras_hub llama_cpp] [--work_dir DIR] [--json_out FILE]
+
+Each option is exported once into `--work_dir` (`gemma3-tf export` with its flags, OPTIONS) and reused on
+later runs. For each, the server runs as its own process with batching on, as in production, and this
+process sends it requests of `--batch` greedy rows: decode tokens/s per row = 64 / (time of a request for 72
+new tokens - time for 8), the best of `--repeats`, as issue 21 measures it; every row must run all 72 (a row
+that stops sooner fails the run: the slope would be wrong). Server memory: its RSS once loaded and warmed
+up, and its peak RSS (VmHWM) after answering every request. The in-process rows come from
+benchmarks/generate.py in a subprocess (decode slope between 8 and 40 new tokens, 16-token prompt).
+Ratios: each option's rate over the in-process `ours` and `keras_hub` rates of the same batch size.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.hostile_input import cpu  # noqa: E402
+from benchmarks.serving import _command, start_server  # noqa: E402
+
+# Export option -> `gemma3-tf export` flags.
+OPTIONS = {
+    "float32": [], "float32_xla": ["--jit_compile"],
+    "bfloat16": ["--dtype", "bfloat16"], "bfloat16_xla": ["--dtype", "bfloat16", "--jit_compile"],
+    "int8": ["--quantize", "int8"], "int8_xla": ["--quantize", "int8", "--jit_compile"],
+}
+# Prompts after which the base 270M writes at least 72 tokens greedily (checked on every request).
+PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
+           "The history of the Roman Empire", "Three facts about owls:", "The best way to learn a language is",
+           "A recipe for bread:", "In the year 2050,"]
+SHORT, LONG = 8, 72
+
+
+def export(work_dir, option, preset):
+    base = os.path.join(work_dir, f"gemma3_{option}")
+    if not os.path.exists(os.path.join(base, "1", "saved_model.pb")):
+        subprocess.run([sys.executable, "-m", "gemma3_tf.cli", "export", "--preset", preset, "--model_base_path",
+                        base, "--version", "1", *OPTIONS[option]], check=True)
+    return base
+
+
+def status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as status:
+        return int(status.read().split(f"{field}:")[1].split()[0])
+
+
+def served_rows(base, batches, repeats):
+    """{batch: decode tokens/s per row}, and the server's RSS after warmup and its peak, in GiB."""
+    from serving.client import RestClient
+
+    name = os.path.basename(base)
+    server, _, rest_port = start_server(base, name)
+    try:
+        client = RestClient(f"http://localhost:{rest_port}", name, timeout=1200)
+        loaded_gib = status_kib(server.pid, "VmRSS") / 2**20
+
+        def seconds(batch, new_tokens):
+            prompts = [PROMPTS[index % len(PROMPTS)] for index in range(batch)]
+            start = time.perf_counter()
+            counts = [row["num_tokens"] for row in client.generate(prompts, max_new_tokens=new_tokens)]
+            elapsed = time.perf_counter() - start
+            if counts != [new_tokens] * batch:
+                raise SystemExit(f"a prompt stopped before {new_tokens} tokens ({counts}): pick another")
+            return elapsed
+
+        rates = {}
+        for batch in batches:
+            seconds(batch, SHORT), seconds(batch, LONG)  # the first call of each shape
+            short = min(seconds(batch, SHORT) for _ in range(repeats))
+            long = min(seconds(batch, LONG) for _ in range(repeats))
+            rates[batch] = (LONG - SHORT) / (long - short)
+        return rates, loaded_gib, status_kib(server.pid, "VmHWM") / 2**20
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+def in_process_rows(impls, batches):
+    """{(impl, batch): decode tokens/s per row} from benchmarks/generate.py."""
+    with tempfile.TemporaryDirectory() as work_dir:
+        path = os.path.join(work_dir, "generate.json")
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "generate.py"),
+                        "--impl", *impls, "--batch", *map(str, batches), "--prompt", "16", "--json_out", path],
+                       check=True)
+        with open(path) as file:
+            results = json.load(file)["results"]
+    return {(row["impl"], row["batch"]): row["decode_tok_s_per_row"] for row in results
+            if isinstance(row.get("decode_tok_s_per_row"), (int, float))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="gemma3_270m_q4_k_m")
+    parser.add_argument("--work_dir", default="/tmp/gemma3_tf_served_speed")
+    parser.add_argument("--options", nargs="+", default=["float32", "float32_xla", "bfloat16_xla", "int8_xla"],
+                        choices=list(OPTIONS))
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--in_process", nargs="*", default=["ours", "keras_hub", "llama_cpp"],
+                        choices=["ours", "keras_hub", "llama_cpp"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json_out", default=None)
+    args = parser.parse_args()
+    if max(args.batch) > len(PROMPTS):
+        parser.error(f"--batch: at most {len(PROMPTS)} (one prompt per row)")
+
+    results = []
+    for option in args.options:
+        rates, loaded_gib, peak_gib = served_rows(export(args.work_dir, option, args.preset), args.batch, args.repeats)
+        results += [{"what": f"served {option}", "batch": batch, "decode_tok_s_per_row": rate,
+                     "server_rss_loaded_gib": loaded_gib, "server_peak_rss_gib": peak_gib}
+                    for batch, rate in rates.items()]
+        print(f"done: {option}", file=sys.stderr)
+    reference = in_process_rows(args.in_process, args.batch) if args.in_process else {}
+    results += [{"what": f"in-process {impl}", "batch": batch, "decode_tok_s_per_row": rate}
+                for (impl, batch), rate in sorted(reference.items(), key=lambda item: (item[0][1], item[0][0]))]
+    for row in results:
+        for impl in ("ours", "keras_hub", "llama_cpp"):
+            if (impl, row["batch"]) in reference:
+                row[f"vs_{impl}"] = row["decode_tok_s_per_row"] / reference[impl, row["batch"]]
+
+    print(f"\n{cpu()}\n")
+    print(table(results))
+    if args.json_out:
+        with open(args.json_out, "w") as file:
+            json.dump({"command": _command(), "cpu": cpu(), "prompts": PROMPTS[:max(args.batch)],
+                       "results": results}, file, indent=1)
+
+
+def table(results):
+    """The markdown table of the rows (the report prints it too)."""
+    columns = [("what", "what", "{}"), ("batch", "batch", "{}"), ("decode_tok_s_per_row", "decode tokens/s per row",
+               "{:.1f}"), ("vs_ours", "vs in-process ours (target 0.95x)", "{:.2f}x"),
+               ("vs_keras_hub", "vs keras-hub (target 1.4x)", "{:.2f}x"), ("vs_llama_cpp", "vs llama.cpp", "{:.2f}x"),
+               ("server_rss_loaded_gib", "server RSS loaded GiB", "{:.2f}"),
+               ("server_peak_rss_gib", "server peak RSS GiB", "{:.2f}")]
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in results:
+        lines.append("| " + " | ".join("-" if row.get(key) is None else form.format(row[key])
+                                       for key, _, form in columns) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
