@@ -197,7 +197,8 @@ class BatchByLength(beam.PTransform):
     whose processing-time timer the DirectRunner's FnApiRunner and Prism do not support (it falls back to
     the legacy runner, which fails on this job). So: a GroupByKey on (bucket, group), with each bucket cut
     into groups of about `rows_per_group` rows (by a hash of the id: stable across retries) so that a big
-    bucket spreads over many workers, then each group's rows in a row.
+    bucket spreads over many workers, then each group's rows in a row. The shuffle carries whole rows, their
+    image bytes included; a job whose prompts are all alike in length saves it with `--no-bucket_by_length`.
     """
 
     def __init__(self, boundaries, rows_per_group=ROWS_PER_GROUP):
