@@ -34,8 +34,10 @@ def cpu():
     flags = open("/proc/cpuinfo").read().split("flags\t\t: ")[1].split("\n")[0].split()
     model = open("/proc/cpuinfo").read().split("model name\t: ")[1].split("\n")[0]
     wanted = [flag for flag in ("avx512_bf16", "avx512_vnni", "amx_tile", "avx2") if flag in flags]
-    return f"{model} ({os.cpu_count()} cores; {', '.join(wanted)}; oneDNN " \
-           f"{'on' if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1' else 'default'}; {platform.python_version()})"
+    # TensorFlow turns oneDNN on by default where the CPU has VNNI, AVX512_BF16 or AMX.
+    default = "on" if {"avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile"} & set(flags) else "off"
+    onednn = {"1": "on", "0": "off"}.get(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), f"default ({default})")
+    return f"{model} ({os.cpu_count()} cores; {', '.join(wanted)}; oneDNN {onednn}; {platform.python_version()})"
 
 
 def main():

@@ -12,7 +12,8 @@ new tokens - time for 8), the best of `--repeats`, as issue 21 measures it; ever
 that stops sooner fails the run: the slope would be wrong). Server memory: its RSS once loaded and warmed
 up, and its peak RSS (VmHWM) after answering every request. The in-process rows come from
 benchmarks/generate.py in a subprocess (decode slope between 8 and 40 new tokens, 16-token prompt).
-Ratios: each option's rate over the in-process `ours` and `keras_hub` rates of the same batch size.
+Ratios: each option's rate over the in-process `ours` and `keras_hub` rates of the same batch size, and
+bfloat16's and int8's over the served float32 export of the same XLA setting.
 """
 
 import argparse
@@ -120,20 +121,28 @@ def main():
         results += [{"what": f"served {option}", "batch": batch, "decode_tok_s_per_row": rate,
                      "server_rss_loaded_gib": loaded_gib, "server_peak_rss_gib": peak_gib}
                     for batch, rate in rates.items()]
-        print(f"done: {option}", file=sys.stderr)
+        print(f"done: {option}: " + ", ".join(f"batch {batch} {rate:.1f} tokens/s" for batch, rate in rates.items())
+              + f"; RSS {loaded_gib:.2f} / {peak_gib:.2f} GiB", file=sys.stderr)
     reference = in_process_rows(args.in_process, args.batch) if args.in_process else {}
     results += [{"what": f"in-process {impl}", "batch": batch, "decode_tok_s_per_row": rate}
                 for (impl, batch), rate in sorted(reference.items(), key=lambda item: (item[0][1], item[0][0]))]
+    served = {(row["what"], row["batch"]): row["decode_tok_s_per_row"] for row in results}
     for row in results:
+        # bfloat16 and int8 against the float32 export of the same XLA setting (issue 21: 1.7x and 2.5x).
+        float32 = "served float32_xla" if row["what"].endswith("_xla") else "served float32"
+        if row["what"].startswith("served ") and row["what"] != float32 and (float32, row["batch"]) in served:
+            row["vs_float32"] = row["decode_tok_s_per_row"] / served[float32, row["batch"]]
         for impl in ("ours", "keras_hub", "llama_cpp"):
             if (impl, row["batch"]) in reference:
                 row[f"vs_{impl}"] = row["decode_tok_s_per_row"] / reference[impl, row["batch"]]
 
-    print(f"\n{cpu()}\n")
+    # The server inherits XLA_FLAGS, as tensorflow_model_server does: a run with XLA flags says so.
+    settings = f"{cpu()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '(unset)')}"
+    print(f"\n{settings}\n")
     print(table(results))
     if args.json_out:
         with open(args.json_out, "w") as file:
-            json.dump({"command": _command(), "cpu": cpu(), "prompts": PROMPTS[:max(args.batch)],
+            json.dump({"command": _command(), "cpu": settings, "prompts": PROMPTS[:max(args.batch)],
                        "results": results}, file, indent=1)
 
 
@@ -141,7 +150,9 @@ def table(results):
     """The markdown table of the rows (the report prints it too)."""
     columns = [("what", "what", "{}"), ("batch", "batch", "{}"), ("decode_tok_s_per_row", "decode tokens/s per row",
                "{:.1f}"), ("vs_ours", "vs in-process ours (target 0.95x)", "{:.2f}x"),
-               ("vs_keras_hub", "vs keras-hub (target 1.4x)", "{:.2f}x"), ("vs_llama_cpp", "vs llama.cpp", "{:.2f}x"),
+               ("vs_keras_hub", "vs keras-hub (target 1.4x)", "{:.2f}x"),
+               ("vs_float32", "vs served float32 (bf16 1.7x, int8 2.5x)", "{:.2f}x"),
+               ("vs_llama_cpp", "vs llama.cpp", "{:.2f}x"),
                ("server_rss_loaded_gib", "server RSS loaded GiB", "{:.2f}"),
                ("server_peak_rss_gib", "server peak RSS GiB", "{:.2f}")]
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
