@@ -10,7 +10,7 @@ import pytest
 
 import gemma3_tf
 import gemma3_tf.backbone
-import gemma3_tf.layers.attention
+import gemma3_tf.layers.projections
 from gemma3_tf import cli
 from gemma3_tf.quantization import is_weight_only_int8, quantize_weights
 from session_savedmodel import SessionSavedModel
@@ -35,7 +35,7 @@ def test_weight_only_int8_equals_keras_int8_call_and_stays_near_float32(tiny_pro
     token_ids = np.random.default_rng(0).integers(3, 400, (2, 12)).astype("int32")
     ours = logits(quantized, token_ids)
     # Keras' own int8 calls (EinsumDense._int8_call, ReversibleEmbedding reverse) on the same weights.
-    for module in (gemma3_tf.backbone, gemma3_tf.layers.attention):
+    for module in (gemma3_tf.backbone, gemma3_tf.layers.projections):
         monkeypatch.setattr(module, "in_own_matmul", lambda layer: layer.quantization_mode is None)
     np.testing.assert_allclose(ours, logits(quantized, token_ids), rtol=1e-4, atol=1e-4)
     reference = logits(float32, token_ids)

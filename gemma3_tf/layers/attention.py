@@ -4,47 +4,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from gemma3_tf.layers.projections import heads_output, heads_projection
 from gemma3_tf.layers.rms_normalization import RMSNormalization
 from gemma3_tf.layers.rotary_embedding import apply_rotary_embedding
-from gemma3_tf.quantization import in_own_matmul
-
-
-def _heads_projection(dense, x):
-    """`dense` ("btd,ndh->btnh", kernel [N, D, H]) applied to x [B, T, D] -> [B, T, N, H].
-
-    Done as a matmul batched over heads: XLA lowers the einsum with a copy of the transposed
-    kernel on every call, 4x slower when decoding one token. Same kernel (LoRA included); a
-    weight-only int8 kernel is cast inside the matmul and its output divided by the scale.
-    """
-    if not in_own_matmul(dense):
-        return dense(x)
-    kernel = ops.cast(dense.kernel, x.dtype)
-    batch, length = ops.shape(x)[0], ops.shape(x)[1]
-    heads, dim, head_dim = kernel.shape
-    flat = ops.broadcast_to(ops.reshape(x, (1, batch * length, dim)), (heads, batch * length, dim))
-    out = ops.reshape(ops.matmul(flat, kernel), (heads, batch, length, head_dim))
-    return _dequantized(dense, ops.transpose(out, (1, 2, 0, 3)))
-
-
-def _heads_output(dense, x):
-    """`dense` ("btnh,nhd->btd", kernel [N, H, D]) applied to x [B, T, N, H] -> [B, T, D],
-    batched over heads then summed, for the same reason as `_heads_projection`."""
-    if not in_own_matmul(dense):
-        return dense(x)
-    kernel = ops.cast(dense.kernel, x.dtype)
-    batch, length = ops.shape(x)[0], ops.shape(x)[1]
-    heads, head_dim, dim = kernel.shape
-    per_head = ops.transpose(ops.reshape(x, (batch * length, heads, head_dim)), (1, 0, 2))
-    out = ops.sum(ops.matmul(per_head, kernel), axis=0)
-    return _dequantized(dense, ops.reshape(out, (batch, length, dim)))
-
-
-def _dequantized(dense, output):
-    """`dense`'s output: as computed, or divided by the per-channel scale of a weight-only int8 kernel (Keras
-    keeps it in the output's layout: [1, 1, N, H] or [1, 1, D])."""
-    if dense.quantization_mode is None:
-        return output
-    return output / ops.cast(dense.kernel_scale, output.dtype)
 
 
 @keras.saving.register_keras_serializable(package="gemma3_tf")
@@ -133,7 +95,7 @@ class Gemma3Attention(keras.layers.Layer):
         self.output_dense.build((None, None, self.num_query_heads, self.head_dim))
 
     def _project(self, dense, norm, x, positions):
-        x = _heads_projection(dense, x)
+        x = heads_projection(dense, x)
         if self.use_query_key_norm:
             x = norm(x)
         return apply_rotary_embedding(x, positions, self.rope_wavelength, self.rope_scaling_factor)
@@ -147,12 +109,12 @@ class Gemma3Attention(keras.layers.Layer):
         positions = ops.arange(ops.shape(x)[1], dtype="int32") + cache_update_index
         query = self._project(self.query_dense, getattr(self, "query_norm", None), x, positions)
         key = self._project(self.key_dense, getattr(self, "key_norm", None), x, positions)
-        value = _heads_projection(self.value_dense, x)
+        value = heads_projection(self.value_dense, x)
         if cache is not None:
             key = write_cache(cache[0], key, cache_update_index)
             value = write_cache(cache[1], value, cache_update_index)
 
-        output = _heads_output(self.output_dense, self._attend(query, key, value, attention_mask, training))
+        output = heads_output(self.output_dense, self._attend(query, key, value, attention_mask, training))
         if cache is not None:
             return output, (key, value)
         return output

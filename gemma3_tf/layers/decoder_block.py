@@ -1,6 +1,7 @@
 import keras
 
 from gemma3_tf.layers.attention import Gemma3Attention
+from gemma3_tf.layers.projections import feedforward
 from gemma3_tf.layers.rms_normalization import RMSNormalization
 
 
@@ -112,8 +113,8 @@ class Gemma3DecoderBlock(keras.layers.Layer):
         x = x + self.residual_dropout(attention, training=training)
 
         normalized = self.pre_ffw_norm(x)
-        hidden = keras.activations.gelu(self.gating_ffw(normalized), approximate=True)
-        ffw = self.ffw_linear(hidden * self.gating_ffw_2(normalized))
+        hidden = keras.activations.gelu(feedforward(self.gating_ffw, normalized), approximate=True)
+        ffw = feedforward(self.ffw_linear, hidden * feedforward(self.gating_ffw_2, normalized))
         if self.use_post_ffw_norm:
             ffw = self.post_ffw_norm(ffw)
         x = x + self.residual_dropout(ffw, training=training)
