@@ -43,9 +43,9 @@ def feedforward(dense, x):
 
     One 2-D matmul of the [B * T, D] rows: without XLA the [B, T, D] einsum runs as a broadcasting
     BatchMatMulV2, whose oneDNN kernel took 38 of the 66 ms per token of the float32 270M's served decode
-    (`benchmarks/served_profile.py`), 4x the time its 280 MB of weights take to read. Served float32 270M,
-    tokens/s at batch 1 / 8 (Xeon with AMX, oneDNN on): 15.1 / 7.2 -> 16.0 / 7.4 without XLA, 18.7 / 9.2 ->
-    18.9 / 10.2 with it.
+    (`benchmarks/served_profile.py`), 4x the time its 280 MB of weights take to read. Served float32 270M
+    (Xeon with AMX, oneDNN on, single runs): 15.1 -> 16.0 tokens/s at batch 1 without XLA; with XLA 18.7 / 9.2
+    -> 18.9 / 10.2 at batch 1 / 8.
     """
     if not in_own_matmul(dense):
         return dense(x)
