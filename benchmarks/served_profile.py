@@ -1,8 +1,8 @@
 """Where the served model's decode time goes: per-op time of a real Gemma 3 270M export, run through
-TensorFlow's session loader (TF Serving's path), greedy, batch 1.
+TensorFlow's session loader (TF Serving's path), greedy, batch 1 (or `--batch` copies of the prompt).
 
     .venv/bin/python benchmarks/served_profile.py [--model_path BASE/NAME/VERSION] [--jit_compile]
-        [--steps 40] [--json_out FILE]
+        [--batch 1] [--steps 40] [--json_out FILE]
 
 Exports the model into `--work_dir` unless `--model_path` is given (plain by default, `--jit_compile` for the
 XLA export), then: the decode rate, 64 / (time for 72 new tokens - time for 8), as in issue 21; and one
@@ -41,6 +41,7 @@ def main():
     parser.add_argument("--model_path", default=None, help="a version directory; default: export into --work_dir")
     parser.add_argument("--work_dir", default="/tmp/gemma3_tf_profile_bench")
     parser.add_argument("--jit_compile", action="store_true")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--json_out", default=None)
@@ -64,11 +65,11 @@ def main():
         outputs = {alias: info.name for alias, info in signature.outputs.items()}
 
         def generate(new_tokens, **run_args):
-            feeds = {signature.inputs["prompt"].name: np.array([PROMPT]),
+            feeds = {signature.inputs["prompt"].name: np.array([PROMPT] * args.batch),
                      signature.inputs["max_new_tokens"].name: np.int32(new_tokens)}
             start = time.perf_counter()
             result = session.run(outputs, feeds, **run_args)
-            assert int(result["num_tokens"][0]) == new_tokens, "the prompt stopped early: pick another"
+            assert (result["num_tokens"] == new_tokens).all(), "the prompt stopped early: pick another"
             return time.perf_counter() - start
 
         generate(8), generate(72)  # compiles and warms both shapes
@@ -83,13 +84,14 @@ def main():
     total = sum(micros.values())
     rows = [{"op": op, "ms_per_token": value / 1e3 / args.steps, "share": value / total}
             for op, value in micros.most_common(args.top)]
-    print(f"{model_path}: decode {decode_tok_s:.1f} tokens/s; op time {total / 1e3 / args.steps:.1f} ms per token")
+    print(f"{model_path}, batch {args.batch}: decode {decode_tok_s:.1f} tokens/s; op time {total / 1e3 / args.steps:.1f} ms per token")
     for row in rows:
         print(f"  {row['op']:32s} {row['ms_per_token']:7.2f} ms/token  {row['share']:6.1%}")
     if args.json_out:
         with open(args.json_out, "w") as file:
             json.dump({"command": " ".join([os.path.relpath(sys.executable), *sys.argv]), "cpu": cpu(),
-                       "model_path": model_path, "jit_compile": args.jit_compile, "steps": args.steps,
+                       "model_path": model_path, "jit_compile": args.jit_compile, "batch": args.batch,
+                       "steps": args.steps,
                        "decode_tok_s": decode_tok_s, "op_ms_per_token": total / 1e3 / args.steps,
                        "results": rows}, file, indent=2)
 

@@ -3,6 +3,7 @@
 The real 270M export is checked against the in-process model through batch inference
 (tests/test_batch_inference.py); the fresh-interpreter check (no gemma3_tf) runs on the tiny export."""
 
+import collections
 import json
 import os
 import shutil
@@ -161,6 +162,18 @@ def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path,
     for name in ("serving_default", "score", "embed", "'prompt'", "'max_new_tokens'", "'completion'",
                  "'log_likelihood'", "'embedding'"):
         assert name in shown
+    # The saved weights are the model's, each once: the decoder's kernels in their serving layout, [outputs,
+    # contracted] (see layers/projections.py), in place of Keras' [N, D, H], [N, H, D] and [D, F] ones.
+    saved = [shape for name, shape in tf.train.list_variables(os.path.join(path, "variables", "variables"))
+             if name.startswith("model_variables/")]
+    assert sum(map(np.prod, saved)) == sum(np.prod(variable.shape) for variable in causal_lm.backbone.variables)
+    block, layers = causal_lm.backbone.transformer_layers[0], len(causal_lm.backbone.transformer_layers)
+    attention, dim, features = block.attention, block.hidden_dim, block.intermediate_dim
+    query, key = attention.num_query_heads * attention.head_dim, attention.num_key_value_heads * attention.head_dim
+    per_layer = [(query, dim), (key, dim), (key, dim), (dim, query), (features, dim), (features, dim), (dim, features)]
+    expected = collections.Counter(per_layer * layers + [(causal_lm.backbone.vocabulary_size, dim)])  # + embedding
+    assert collections.Counter(tuple(shape) for shape in saved if len(shape) == 2) == expected
+    assert not any(len(shape) == 3 for shape in saved)
     ops = saved_model_ops(path)
     assert {"SentencepieceTokenizeOp", "SentencepieceDetokenizeOp", "StatelessWhile"} <= ops
     check_servable_ops(path)  # no error: TF core and TF Text only
@@ -171,7 +184,9 @@ def test_tf_serving_layout_warmup_config_and_ops(tiny_text_savedmodel, tmp_path,
 
     def tracking_keras_variables(module, causal_lm, *args, **kwargs):
         original_init(module, causal_lm, *args, **kwargs)
-        module.model_variables = list(causal_lm.backbone.variables)
+        under_keras = {id(variable.value) for variable in causal_lm.backbone.variables}
+        module.model_variables = list(causal_lm.backbone.variables) + [  # and the serving kernels, as before
+            variable for variable in module.model_variables if id(variable) not in under_keras]
 
     monkeypatch.setattr(ServingModule, "__init__", tracking_keras_variables)
     with pytest.raises(NotServableError, match=r"serving_default.*TF Serving's session path: Could not find variable"):

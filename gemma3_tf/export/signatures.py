@@ -39,17 +39,12 @@ class ServingModule(tf.Module):
         if preprocessor is None:
             raise ValueError("Exporting needs a Gemma3CausalLM with a preprocessor (its tokenizer goes into the "
                              "graph).")
-        # What the functions run, kept out of the saved object graph (a namespace is not tracked). Tracked
-        # keras.Variables would be saved as copies whose handles the functions never read: TF Serving's
-        # session loader restores the copies and the functions then find no variable ("Could not find
-        # variable scale_5"). So, as Keras' own export archive does, the plain tf.Variables under them are
-        # what is saved, with the tokenizer's resources, the vocabulary and the three functions.
+        # What the functions run, kept out of the saved object graph (a namespace is not tracked).
         decoder = Decoder(causal_lm.backbone, pad_token_id=preprocessor.tokenizer.pad_token_id)
         self._run = types.SimpleNamespace(backbone=causal_lm.backbone, preprocessor=preprocessor,
                                           tokenizer=preprocessor.tokenizer,
                                           decode=decoder.decode_compiled if jit_compile else decoder.decode)
         self.limits, self._jit_compile = limits, jit_compile
-        self.model_variables = [variable.value for variable in causal_lm.backbone.variables]
         self.tokenizer_resources = list(preprocessor.tokenizer.resources)
         self.vocabulary = tf.saved_model.Asset(vocabulary_path)
         self._stop_ids = tf.constant(stop_id_slots(preprocessor.tokenizer.stop_token_ids))
@@ -70,6 +65,16 @@ class ServingModule(tf.Module):
         self.score = tf.function(self._score, input_signature=[tf.TensorSpec([None], tf.string, "prompt"),
                                                          tf.TensorSpec([None], tf.string, "response")])
         self.embed = tf.function(self._embed, input_signature=[tf.TensorSpec([None], tf.string, "prompt")])
+
+        # What is saved, with the tokenizer's resources, the vocabulary and the functions: the variables the traced
+        # functions read. Those are the plain tf.Variables under the keras.Variables, as in Keras' own export archive
+        # (tracked keras.Variables would be saved as copies whose handles the functions never read: TF Serving's
+        # session loader restores the copies and the functions then find no variable, "Could not find variable
+        # scale_5"), and, inside `layers.projections.serving_kernels` (as `export_model` traces), the serving kernels
+        # in place of the Keras kernels they copy.
+        traced = [function.get_concrete_function() for function in self.signatures.values()]
+        self.model_variables = list({id(variable): variable for function in traced
+                                     for variable in function.variables}.values())
 
     @property
     def signatures(self):

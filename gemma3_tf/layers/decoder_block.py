@@ -100,6 +100,14 @@ class Gemma3DecoderBlock(keras.layers.Layer):
         if self.use_post_ffw_norm:
             self.post_ffw_norm.build(input_shape)
 
+    @property
+    def projections(self):
+        """The EinsumDense layers this block applies through `layers.projections` (an export gives them serving
+        kernels there)."""
+        attention = self.attention
+        return [attention.query_dense, attention.key_dense, attention.value_dense, attention.output_dense,
+                self.gating_ffw, self.gating_ffw_2, self.ffw_linear]
+
     def call(self, x, attention_mask, cache=None, cache_update_index=0, training=None):
         """x: [B, T, D]; attention_mask: bool [B, T, S]. Returns [B, T, D] (and the cache if given)."""
         attention = self.attention(
