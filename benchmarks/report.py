@@ -196,6 +196,11 @@ def served_profile_table(data):
                                           ("share", "share of op time", fmt(".1%"))], rule="---:|")
 
 
+def projection_layouts_table(data):
+    text = f"{data.get('cpu')}; {data.get('dtype')}, XLA {'on' if data.get('jit_compile') else 'off'}.\n\n"
+    return text + table(data["results"], [("rows", "rows", str), ("form", "form", str), ("ms", "ms", fmt(".1f"))])
+
+
 def served_speed_table(data):
     return f"{data.get('cpu')}.\n\n" + served_speed_rows(data["results"])
 
@@ -441,7 +446,8 @@ def write_report(results_dir, out, charts_dir):
         lines += [f"Command: `{data.get('command', ' '.join(command(name, results_dir)))}`"
                   + (f" ({when})" if when else ""), ""]
         # Tables with a header of their own.
-        if settings_line(data) and name not in ("train", "batch_inference", "served_profile", "served_speed"):
+        if settings_line(data) and name not in ("train", "batch_inference", "served_profile",
+                                                "projection_layouts", "served_speed"):
             lines += [f"Settings: {settings_line(data)}", ""]
         if name == "generate" and data.get("skipped"):
             lines += ["Skipped (see the docstring of `benchmarks/generate.py` for their virtualenvs): "

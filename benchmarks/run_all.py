@@ -38,6 +38,7 @@ BENCHMARKS = [
     ("batch_inference", ["--model_path", os.path.join(BATCH_MODEL, "1")]),
     ("hostile_input", ["--work_dir", MODELS]),  # reuses the export batch_inference.py reads
     ("served_profile", ["--work_dir", MODELS]),  # reuses serving.py's plain export
+    ("projection_layouts", []),
     ("served_speed", ["--work_dir", MODELS]),  # issue 21's ratios: every export option, served
 ]
 NAMES = [name for name, _ in BENCHMARKS]

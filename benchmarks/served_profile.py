@@ -84,7 +84,8 @@ def main():
     total = sum(micros.values())
     rows = [{"op": op, "ms_per_token": value / 1e3 / args.steps, "share": value / total}
             for op, value in micros.most_common(args.top)]
-    print(f"{model_path}, batch {args.batch}: decode {decode_tok_s:.1f} tokens/s; op time {total / 1e3 / args.steps:.1f} ms per token")
+    print(f"{model_path}, batch {args.batch}: decode {decode_tok_s:.1f} tokens/s; "
+          f"op time {total / 1e3 / args.steps:.1f} ms per token")
     for row in rows:
         print(f"  {row['op']:32s} {row['ms_per_token']:7.2f} ms/token  {row['share']:6.1%}")
     if args.json_out:
