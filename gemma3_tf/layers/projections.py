@@ -5,10 +5,9 @@ Training and in-process generation read each layer's own kernel (LoRA included).
 the export traces its functions, each layer reads instead a copy of its kernel stored [outputs, inputs], the
 contraction last (the layout of a PyTorch Linear): one 2-D matmul of the B * T rows by its transpose. oneDNN's
 bfloat16 kernels pair values along the contraction, so with the Keras layout each call reorders the weight
-first; XLA's dots read this layout in place. Served 270M, session loader, batch 1 / 8 decode tokens/s (Xeon with
-AMX, oneDNN on, single runs): float32 with XLA 21.0 / 11.8 -> 24.0 / 13.1, bfloat16 without XLA 21.8 / 18.0 ->
-24.9 / 20.9, int8 with XLA 21.5 / 12.1 -> 24.2 / 13.1. (One copy of q, k and v together, and of both gates,
-measured no faster.)
+first; XLA's dots read this layout in place. It took every served option up on a Xeon with AMX (float32 with
+XLA 21.0 -> 24.0 decode tokens/s at batch 1, plain bfloat16 18.0 -> 20.1 at batch 8; README, "Limits (today)").
+One copy of q, k and v together, and of both gates, measured no faster.
 
 A weight-only int8 kernel is cast inside the matmul and its output divided by the scale. Keras' other
 quantization modes run the layer's own call.
