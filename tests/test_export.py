@@ -250,6 +250,14 @@ def test_lora_kept_apart_exports_answer_through_tf_servings_loader_like_in_proce
 
     causal_lm = Gemma3CausalLM.from_preset(preset, dtype=dtype, progress=False)
     assert causal_lm.backbone.lora_rank == 2
+    # Saved: the decoder's adapters merged into its serving kernels, not apart (the vision tower keeps its own).
+    saved = [shape for name, shape in tf.train.list_variables(str(tmp_path / "lora" / "1" / "variables" / "variables"))
+             if name.startswith("model_variables/")]
+    adapters = [variable for variable in causal_lm.backbone.variables
+                if "lora_kernel" in variable.path and variable.path.startswith("decoder_block")]
+    assert adapters and sum(map(np.prod, saved)) == sum(
+        np.prod(variable.shape) for variable in causal_lm.backbone.variables) - sum(
+        np.prod(variable.shape) for variable in adapters)
     loaded = SessionSavedModel(str(tmp_path / "lora" / "1"))
     inputs, prompts, images = {"prompt": PROMPTS, "max_new_tokens": 6}, PROMPTS, None
     if vision:  # the first row with an image, in front of its text (no marker in the prompt)

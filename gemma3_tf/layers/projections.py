@@ -105,8 +105,9 @@ def _kernel_axes(dense):
 
 
 def _by_serving_kernel(dense, x):
-    """x [B, T, *contracted] -> [B, T, *outputs] by `dense.serving_kernel` [O, C]."""
-    outputs, _ = _kernel_axes(dense)
+    """x [B, T, *contracted] -> [B, T, *outputs] by `dense.serving_kernel` [O, C]. (The output dims come from the
+    layer's `output_shape`, [T, *outputs]: reading `dense.kernel` here would put the Keras kernel, and with LoRA its
+    adapters, into the traced function, and so into the export.)"""
     kernel = dense.serving_kernel
     batch, length = tf.shape(x)[0], tf.shape(x)[1]
     # As (W @ x^T)^T, not x @ W^T: without oneDNN, TensorFlow's (Eigen's) matmul with `transpose_b` takes 4.7x as
@@ -114,7 +115,7 @@ def _by_serving_kernel(dense, x):
     # 128 rows); the two are equal with oneDNN and under XLA.
     rows = tf.reshape(x, (batch * length, kernel.shape[1]))
     out = tf.transpose(tf.matmul(tf.cast(kernel, x.dtype), rows, transpose_b=True))
-    return _dequantized(dense, tf.reshape(out, [batch, length] + [dense.kernel.shape[axis] for axis in outputs]))
+    return _dequantized(dense, tf.reshape(out, [batch, length, *dense.partial_output_shape[1:]]))
 
 
 def _dequantized(dense, output):
