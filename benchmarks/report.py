@@ -201,6 +201,18 @@ def projection_layouts_table(data):
     return text + table(data["results"], [("rows", "rows", str), ("form", "form", str), ("ms", "ms", fmt(".1f"))])
 
 
+def served_memory_table(data):
+    text = f"{data.get('cpu')}.\n\n"
+    for path in dict.fromkeys(row["model_path"] for row in data["results"]):
+        rows = [row for row in data["results"] if row["model_path"] == path]
+        text += (f"`{path}`: {rows[0]['function_nodes']} nodes in the graph's functions, saved_model.pb "
+                 f"{rows[0]['saved_model_pb_mib']:.1f} MiB, variables {rows[0]['variables_gib']:.2f} GiB.\n\n")
+        text += table(rows, [("stage", "stage", str), ("rss_gib", "RSS GiB", fmt(".2f")),
+                             ("anonymous_gib", "anonymous GiB", fmt(".2f")), ("peak_gib", "peak GiB", fmt(".2f"))])
+        text += "\n\n"
+    return text.rstrip()
+
+
 def served_speed_table(data):
     return f"{data.get('cpu')}.\n\n" + served_speed_rows(data["results"])
 
@@ -447,7 +459,7 @@ def write_report(results_dir, out, charts_dir):
                   + (f" ({when})" if when else ""), ""]
         # Tables with a header of their own.
         if settings_line(data) and name not in ("train", "batch_inference", "served_profile",
-                                                "projection_layouts", "served_speed"):
+                                                "projection_layouts", "served_memory", "served_speed"):
             lines += [f"Settings: {settings_line(data)}", ""]
         if name == "generate" and data.get("skipped"):
             lines += ["Skipped (see the docstring of `benchmarks/generate.py` for their virtualenvs): "

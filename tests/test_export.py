@@ -16,6 +16,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 from gemma3_tf import samplers
+from gemma3_tf.export import signatures
 from gemma3_tf.export import (BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, NotServableError, ServingLimits,
                               ServingModule, check_servable_ops, export_model, saved_model_ops)
 from serving.server import read_batching_parameters
@@ -87,24 +88,49 @@ def test_stop_tokens_end_rows_and_are_counted(tiny_text_savedmodel):
     assert completions(result) == causal_lm.preprocessor.generate_postprocess(new_ids)
 
 
+def full_pass_log_likelihoods(causal_lm, prompts, responses):
+    """(sum of log p(response tokens), their count) per row, from one causal LM forward pass each."""
+    tokenizer = causal_lm.preprocessor.tokenizer
+    rows = []
+    for prompt, response in zip(prompts, responses):
+        prompt_ids = [tokenizer.start_token_id] + tokenizer.tokenize(prompt).numpy().tolist()
+        response_ids = tokenizer.tokenize(response).numpy().tolist()
+        ids = np.array([prompt_ids + response_ids], "int32")
+        log_probs = tf.nn.log_softmax(causal_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)})[0]).numpy()
+        rows.append((sum(log_probs[len(prompt_ids) + i - 1, t] for i, t in enumerate(response_ids)), len(response_ids)))
+    return rows
+
+
 def test_score_and_embed_equal_full_forward_passes(tiny_text_savedmodel):
     causal_lm, _, loaded = tiny_text_savedmodel
     tokenizer = causal_lm.preprocessor.tokenizer
     responses = [" over", " dog and the fox"]
     scored = serve(loaded, "score", prompt=PROMPTS, response=responses)
     embedded = serve(loaded, "embed", prompt=PROMPTS)["embedding"]
-    for row, (prompt, response) in enumerate(zip(PROMPTS, responses)):
-        prompt_ids = [tokenizer.start_token_id] + tokenizer.tokenize(prompt).numpy().tolist()
-        response_ids = tokenizer.tokenize(response).numpy().tolist()
-        ids = np.array([prompt_ids + response_ids], "int32")
-        logits = np.asarray(causal_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
-        log_probs = tf.nn.log_softmax(logits).numpy()
-        expected = sum(log_probs[len(prompt_ids) + i - 1, t] for i, t in enumerate(response_ids))
+    for row, (expected, count) in enumerate(full_pass_log_likelihoods(causal_lm, PROMPTS, responses)):
         np.testing.assert_allclose(scored["log_likelihood"][row], expected, rtol=1e-4)
-        assert scored["num_tokens"][row] == len(response_ids)
-        prompt_only = np.array([prompt_ids], "int32")
+        assert scored["num_tokens"][row] == count
+        prompt_only = np.array([[tokenizer.start_token_id] + tokenizer.tokenize(PROMPTS[row]).numpy().tolist()],
+                               "int32")
         hidden = np.asarray(causal_lm.backbone({"token_ids": prompt_only, "padding_mask": np.ones_like(prompt_only)}))
         np.testing.assert_allclose(embedded[row], hidden[0].mean(axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_score_in_chunks_across_rows_and_chunk_edges(tiny_text_export, monkeypatch, tmp_path):
+    """`score` computes the logits of a few response tokens at a time (signatures.SCORE_CHUNK): with chunks of 3,
+    rows of 0 to 7 response tokens share and straddle chunks; each row still sums its own tokens."""
+    causal_lm, _ = tiny_text_export
+    monkeypatch.setattr(signatures, "SCORE_CHUNK", 3)
+    vocabulary = tmp_path / "vocabulary.spm"
+    vocabulary.write_bytes(causal_lm.preprocessor.tokenizer.proto)
+    module = signatures.ServingModule(causal_lm, ServingLimits(), False, str(vocabulary))
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    responses = [" dog and the fox over the dog", "", " over"]
+    scored = module.score(tf.constant(prompts), tf.constant(responses))
+    expected = full_pass_log_likelihoods(causal_lm, prompts, responses)
+    assert [count for _, count in expected] == list(scored["num_tokens"].numpy()) and expected[0][1] > 6
+    np.testing.assert_allclose(scored["log_likelihood"].numpy(), [value for value, _ in expected], rtol=1e-4,
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("inputs, message", [

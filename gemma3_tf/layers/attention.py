@@ -6,20 +6,24 @@ from keras import ops
 
 from gemma3_tf.layers.projections import heads_output, heads_projection
 from gemma3_tf.layers.rms_normalization import RMSNormalization
-from gemma3_tf.layers.rotary_embedding import apply_rotary_embedding
+from gemma3_tf.layers.rotary_embedding import apply_rotary_embedding, rotation
 
 
-@keras.saving.register_keras_serializable(package="gemma3_tf")
-def write_cache(cache, update, index):
-    """`cache` [B, S, K, H] with `update` [B, T, K, H] written at positions index .. index + T - 1.
+def cache_slots(batch, length, index):
+    """The (row, position) slots [B, T, 2] that T new keys or values of each of B rows take in a cache [B, S, K, H],
+    from position `index` on: the same for every layer's keys and values."""
+    rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, length])
+    positions = tf.broadcast_to(index + tf.range(length)[None, :], [batch, length])
+    return tf.stack([rows, positions], axis=-1)
+
+
+def write_cache(cache, update, slots):
+    """`cache` [B, S, K, H] with `update` [B, T, K, H] written at `slots` (`cache_slots`).
 
     A scatter, not `ops.slice_update`: in TensorFlow that is XlaDynamicUpdateSlice, an op with no
     kernel outside XLA, so a SavedModel exported without XLA could not run it.
     """
-    batch, length = tf.shape(update)[0], tf.shape(update)[1]
-    rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, length])
-    positions = tf.broadcast_to(index + tf.range(length)[None, :], [batch, length])
-    return tf.tensor_scatter_nd_update(cache, tf.stack([rows, positions], axis=-1), tf.cast(update, cache.dtype))
+    return tf.tensor_scatter_nd_update(cache, slots, tf.cast(update, cache.dtype))
 
 
 class Gemma3Attention(keras.layers.Layer):
@@ -94,25 +98,31 @@ class Gemma3Attention(keras.layers.Layer):
             self.key_norm.build((None, None, self.num_key_value_heads, self.head_dim))
         self.output_dense.build((None, None, self.num_query_heads, self.head_dim))
 
-    def _project(self, dense, norm, x, positions):
+    def _project(self, dense, norm, x, rope):
         x = heads_projection(dense, x)
         if self.use_query_key_norm:
             x = norm(x)
-        return apply_rotary_embedding(x, positions, self.rope_wavelength, self.rope_scaling_factor)
+        return apply_rotary_embedding(x, rope)
 
-    def call(self, x, attention_mask, cache=None, cache_update_index=0, training=None):
+    def call(self, x, attention_mask, cache=None, cache_update_index=0, rope=None, slots=None, training=None):
         """x: [B, T, D]; attention_mask: bool [B, T, S]; cache: (keys, values), each [B, S, K, H].
 
+        `rope` (`rotation` of this layer's wavelength and scaling at positions `cache_update_index + arange(T)`) and
+        `slots` (`cache_slots`) may come from the caller, made once for every layer; else this call makes them.
         Returns the output [B, T, D], and the updated cache when one is given
         (the new keys/values written at `cache_update_index`).
         """
-        positions = ops.arange(ops.shape(x)[1], dtype="int32") + cache_update_index
-        query = self._project(self.query_dense, getattr(self, "query_norm", None), x, positions)
-        key = self._project(self.key_dense, getattr(self, "key_norm", None), x, positions)
+        if rope is None:
+            positions = ops.arange(ops.shape(x)[1], dtype="int32") + cache_update_index
+            rope = rotation(positions, self.head_dim, self.rope_wavelength, self.rope_scaling_factor,
+                            self.compute_dtype)
+        query = self._project(self.query_dense, getattr(self, "query_norm", None), x, rope)
+        key = self._project(self.key_dense, getattr(self, "key_norm", None), x, rope)
         value = heads_projection(self.value_dense, x)
         if cache is not None:
-            key = write_cache(cache[0], key, cache_update_index)
-            value = write_cache(cache[1], value, cache_update_index)
+            if slots is None:
+                slots = cache_slots(ops.shape(x)[0], ops.shape(x)[1], cache_update_index)
+            key, value = write_cache(cache[0], key, slots), write_cache(cache[1], value, slots)
 
         output = heads_output(self.output_dense, self._attend(query, key, value, attention_mask, training))
         if cache is not None:

@@ -108,11 +108,12 @@ class Gemma3DecoderBlock(keras.layers.Layer):
         return [attention.query_dense, attention.key_dense, attention.value_dense, attention.output_dense,
                 self.gating_ffw, self.gating_ffw_2, self.ffw_linear]
 
-    def call(self, x, attention_mask, cache=None, cache_update_index=0, training=None):
-        """x: [B, T, D]; attention_mask: bool [B, T, S]. Returns [B, T, D] (and the cache if given)."""
+    def call(self, x, attention_mask, cache=None, cache_update_index=0, rope=None, slots=None, training=None):
+        """x: [B, T, D]; attention_mask: bool [B, T, S]. Returns [B, T, D] (and the cache if given). `rope` and
+        `slots`: see `Gemma3Attention.call`."""
         attention = self.attention(
             self.pre_attention_norm(x), attention_mask, cache=cache,
-            cache_update_index=cache_update_index, training=training,
+            cache_update_index=cache_update_index, rope=rope, slots=slots, training=training,
         )
         if cache is not None:
             attention, cache = attention
