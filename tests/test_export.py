@@ -16,9 +16,8 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 from gemma3_tf import samplers
-from gemma3_tf.export import signatures
 from gemma3_tf.export import (BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, NotServableError, ServingLimits,
-                              ServingModule, check_servable_ops, export_model, saved_model_ops)
+                              ServingModule, check_servable_ops, export_model, saved_model_ops, signatures)
 from serving.server import read_batching_parameters
 from session_savedmodel import SessionSavedModel
 from test_preprocessing import png
@@ -123,7 +122,7 @@ def test_score_in_chunks_across_rows_and_chunk_edges(tiny_text_export, monkeypat
     monkeypatch.setattr(signatures, "SCORE_CHUNK", 3)
     vocabulary = tmp_path / "vocabulary.spm"
     vocabulary.write_bytes(causal_lm.preprocessor.tokenizer.proto)
-    module = signatures.ServingModule(causal_lm, ServingLimits(), False, str(vocabulary))
+    module = ServingModule(causal_lm, ServingLimits(), False, str(vocabulary))
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
     responses = [" dog and the fox over the dog", "", " over"]
     scored = module.score(tf.constant(prompts), tf.constant(responses))
