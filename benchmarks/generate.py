@@ -33,19 +33,15 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.host import status_gib  # noqa: E402  (stdlib only: the other interpreters import it too)
 
 IMPLS = ["ours", "keras_hub", "hf", "llama_cpp"]
 METRICS = ["compile_s", "ttft_s", "prefill_tok_s", "decode_tok_s_per_row", "decode_tok_s_total", "peak_rss_gib"]
 # What the other interpreters must import; the child code for them imports nothing from this venv.
 REQUIRES = {"hf": "torch, transformers, gguf", "llama_cpp": "llama_cpp"}
 BATCH_ONE_ONLY = {"llama_cpp"}
-
-
-def _peak_rss_kib():
-    """This process's peak RSS. Not `getrusage`: Linux keeps ru_maxrss across exec, so a child
-    would report the peak of the parent it was forked from."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
 def _hf_generator(gguf_path):
@@ -142,7 +138,9 @@ def measure(impl, batch, prompt_length, weights):
         "prefill_tok_s": round(batch * prompt_length / max(first_token - step, 1e-9)),
         "decode_tok_s_per_row": round(1 / step, 1),
         "decode_tok_s_total": round(batch / step, 1),
-        "peak_rss_gib": round(_peak_rss_kib() / 1024**2, 2),
+        # VmHWM, not `getrusage`: Linux keeps ru_maxrss across exec, so a child would report the peak of the
+        # parent it was forked from.
+        "peak_rss_gib": round(status_gib("VmHWM"), 2),
     }
 
 

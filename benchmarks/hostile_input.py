@@ -12,7 +12,6 @@ the first and after the last.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -22,22 +21,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.host import cpu, status_gib  # noqa: E402
 from benchmarks.serving import start_server  # noqa: E402
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
-
-
-def cpu():
-    flags = open("/proc/cpuinfo").read().split("flags\t\t: ")[1].split("\n")[0].split()
-    model = open("/proc/cpuinfo").read().split("model name\t: ")[1].split("\n")[0]
-    wanted = [flag for flag in ("avx512_bf16", "avx512_vnni", "amx_tile", "avx2") if flag in flags]
-    # TensorFlow turns oneDNN on by default where the CPU has VNNI, AVX512_BF16 or AMX.
-    default = "on" if {"avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile"} & set(flags) else "off"
-    onednn = {"1": "on", "0": "off"}.get(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), f"default ({default})")
-    return f"{model} ({os.cpu_count()} cores; {', '.join(wanted)}; oneDNN {onednn}; {platform.python_version()})"
 
 
 def main():
@@ -68,7 +53,7 @@ def main():
         clients["rest"].generate("warm", max_new_tokens=8)
         for name, prompts in cases:
             for protocol, client in clients.items():
-                before, latencies, answer = rss_mib(server.pid), [], ""
+                before, latencies, answer = status_gib("VmRSS", server.pid) * 1024, [], ""
                 for _ in range(args.repeats):
                     start = time.perf_counter()
                     try:
@@ -79,7 +64,7 @@ def main():
                     latencies.append(time.perf_counter() - start)
                 row = {"request": name, "protocol": protocol, "answer": str(answer),
                        "p50_s": float(np.median(latencies)), "rss_before_mib": before,
-                       "rss_after_mib": rss_mib(server.pid)}
+                       "rss_after_mib": status_gib("VmRSS", server.pid) * 1024}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.hostile_input import cpu  # noqa: E402
+from benchmarks.host import cpu  # noqa: E402
 
 # (contracted, outputs) of one Gemma 3 270M decoder layer's projections.
 LAYER = [(640, 1024), (640, 256), (640, 256), (1024, 640), (640, 2048), (640, 2048), (2048, 640)]

@@ -22,18 +22,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.hostile_input import cpu  # noqa: E402
+from benchmarks.host import cpu, status_gib  # noqa: E402
 
 GIB = 2**30
-
-
-def memory():
-    """(RSS, anonymous, peak RSS) of this process, in GiB."""
-    with open("/proc/self/smaps_rollup") as rollup:
-        kib = {line.split()[0].rstrip(":"): int(line.split()[1]) for line in rollup if line.split()[0].endswith(":")}
-    with open("/proc/self/status") as status:
-        peak = int(status.read().split("VmHWM:")[1].split()[0])
-    return kib["Rss"] * 1024 / GIB, kib["Anonymous"] * 1024 / GIB, peak * 1024 / GIB
 
 
 def measure(path, score_tokens):
@@ -41,7 +32,7 @@ def measure(path, score_tokens):
     stages = []
 
     def stage(name):
-        rss, anonymous, peak = memory()
+        rss, anonymous, peak = (status_gib(field) for field in ("VmRSS", "RssAnon", "VmHWM"))
         stages.append({"stage": name, "rss_gib": rss, "anonymous_gib": anonymous, "peak_gib": peak})
         print(f"  {name:48s} RSS {rss:5.2f} GiB (anonymous {anonymous:5.2f}), peak {peak:5.2f}", file=sys.stderr)
 

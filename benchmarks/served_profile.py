@@ -24,7 +24,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.hostile_input import cpu  # noqa: E402
+from benchmarks.host import cpu  # noqa: E402
 
 PROMPT = b"The capital of France is"
 

@@ -27,7 +27,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.hostile_input import cpu  # noqa: E402
+from benchmarks.host import cpu, status_gib  # noqa: E402
 from benchmarks.serving import _command, start_server  # noqa: E402
 
 # Export option -> `gemma3-tf export` flags.
@@ -51,11 +51,6 @@ def export(work_dir, option, preset):
     return base
 
 
-def status_kib(pid, field):
-    with open(f"/proc/{pid}/status") as status:
-        return int(status.read().split(f"{field}:")[1].split()[0])
-
-
 def served_rows(base, batches, repeats):
     """{batch: decode tokens/s per row}, and the server's RSS after warmup and its peak, in GiB."""
     from serving.client import RestClient
@@ -64,7 +59,7 @@ def served_rows(base, batches, repeats):
     server, _, rest_port = start_server(base, name)
     try:
         client = RestClient(f"http://localhost:{rest_port}", name, timeout=1200)
-        loaded_gib = status_kib(server.pid, "VmRSS") / 2**20
+        loaded_gib = status_gib("VmRSS", server.pid)
 
         def seconds(batch, new_tokens):
             prompts = [PROMPTS[index % len(PROMPTS)] for index in range(batch)]
@@ -81,7 +76,7 @@ def served_rows(base, batches, repeats):
             short = min(seconds(batch, SHORT) for _ in range(repeats))
             long = min(seconds(batch, LONG) for _ in range(repeats))
             rates[batch] = (LONG - SHORT) / (long - short)
-        return rates, loaded_gib, status_kib(server.pid, "VmHWM") / 2**20
+        return rates, loaded_gib, status_gib("VmHWM", server.pid)
     finally:
         server.terminate()
         server.wait(60)

@@ -105,11 +105,11 @@ def main():
         print(f"done: {option}", file=sys.stderr)
     print("| weights | decode tokens/s (batch 1) | top-1 agreement vs float32 | max log-prob error |")
     print("|---|---|---|---|")
-    for option, rate, agreement, error in rows:
-        print(f"| {option} | {rate:.1f} | {agreement:.2%} | {error:.3f} |")
+    for option, rate, top1, error in rows:
+        print(f"| {option} | {rate:.1f} | {top1:.2%} | {error:.3f} |")
     if args.json_out:
-        write_json(args.json_out, [{"weights": option, "decode_tok_s": rate, "top1_agreement": agreement,
-                                    "max_logprob_error": error} for option, rate, agreement, error in rows],
+        write_json(args.json_out, [{"weights": option, "decode_tok_s": rate, "top1_agreement": top1,
+                                    "max_logprob_error": error} for option, rate, top1, error in rows],
                    prompts=PROMPTS, steps=STEPS, batch=1)
 
 

@@ -125,8 +125,8 @@ class Gemma3Tokenizer(keras.layers.Layer):
 
     def set_proto(self, proto):
         """Loads the vocabulary: bytes, a file path, or `None` to unset it."""
-        self.proto, self._sp, self._sp_render = None, None, None
-        self._vocab, self._special_pattern = _Vocabulary(), None
+        self.proto, self._sp = None, None
+        self._vocab, self._special_pattern, self._special_ids = _Vocabulary(), None, ()
         for attr, piece in ALL_TOKENS.items():
             setattr(self, attr, piece)
             setattr(self, f"{attr}_id", None)
@@ -145,13 +145,6 @@ class Gemma3Tokenizer(keras.layers.Layer):
         # first: RE2 takes the first alternative that matches, not the longest.
         specials = sorted((p.piece for p in model.pieces
                            if p.type in (_PIECE.UNKNOWN, _PIECE.CONTROL)), key=lambda p: -len(p))
-        # A copy in which CONTROL pieces decode to their own text, and unk to its piece.
-        render = ModelProto.FromString(proto)
-        for piece in render.pieces:
-            if piece.type == _PIECE.CONTROL:
-                piece.type = _PIECE.USER_DEFINED
-            elif piece.type == _PIECE.UNKNOWN:
-                render.trainer_spec.unk_surface = unk_piece = piece.piece
         try:
             # Names unique across processes: a reloaded SavedModel gives two SentencePiece resources of the
             # same name one shared model (TF Text's op keys its resource by node name), so two exports
@@ -159,12 +152,12 @@ class Gemma3Tokenizer(keras.layers.Layer):
             # unique beyond one process (Keras' get_uid restarts at clear_session).
             uid = uuid.uuid4().hex[:12]
             self._sp = tf_text.SentencepieceTokenizer(model=proto, name=f"gemma3_spm_{uid}")
-            self._sp_render = tf_text.SentencepieceTokenizer(
-                model=render.SerializeToString(), name=f"gemma3_spm_render_{uid}")
         except tf.errors.OpError as e:
             raise ValueError(f"`proto` is not a loadable SentencePiece model: {e.message}") from e
-        self.proto, self._vocab, self.unk_token_id = proto, vocab, vocab.ids[unk_piece]
-        self._special_pattern = "|".join(map(_re2_literal, specials)) or None
+        self.proto, self._vocab = proto, vocab
+        self.unk_token_id = next(i for i, p in enumerate(model.pieces) if p.type == _PIECE.UNKNOWN)
+        self._special_pattern = "|".join(map(_re2_literal, specials))
+        self._special_ids = tuple(sorted(vocab.ids[piece] for piece in specials))
         for attr, piece in ALL_TOKENS.items():
             setattr(self, f"{attr}_id", vocab.ids[piece] if attr in wanted else -1)
         self.image_placeholder_token_id = self.image_placeholder_id  # the name this project uses
@@ -178,7 +171,7 @@ class Gemma3Tokenizer(keras.layers.Layer):
     def resources(self):
         """The TF Text SentencePiece objects a SavedModel must track to run this tokenizer."""
         self._require_proto()
-        return self._sp, self._sp_render
+        return (self._sp,)
 
     @property
     def special_tokens(self):
@@ -217,8 +210,6 @@ class Gemma3Tokenizer(keras.layers.Layer):
         return self._vocab.ids.get(token, self.unk_token_id)
 
     def _encode(self, texts):
-        if self._special_pattern is None:
-            return self._sp.tokenize(texts)
         # Specials are cut out and looked up whole; the text between them is tokenized on its
         # own, as HF does. tf_text.regex_split stops at a NUL byte, so each special is wrapped
         # in 0xFF bytes instead (never found in UTF-8 once malformed bytes become U+FFFD, as
@@ -251,14 +242,38 @@ class Gemma3Tokenizer(keras.layers.Layer):
                 tokens = tokens[0]
             return tf.cast(tokens, self.compute_dtype)
 
+    def _decode(self, ids):
+        """[N, (T)] ids -> [N] texts. The mirror of `_encode`: specials render as their piece, and
+        SentencePiece decodes each run of other ids between them. One SentencePiece model serves both
+        ways (a second, in which the specials decode as text, cost 5 MB of graph constants per signature and
+        90 MiB in a server holding the export)."""
+        flat, rows = ids.flat_values, ids.value_rowids()
+        special_ids = tf.constant(self._special_ids, flat.dtype)
+        is_special = tf.gather(special_ids, tf.minimum(
+            tf.searchsorted(special_ids, flat), len(self._special_ids) - 1)) == flat
+        # A run starts at each row's first id, at each special and after each special.
+        previous_row = tf.concat([[-1], rows], 0)[:-1]
+        after_special = tf.concat([[False], is_special], 0)[:-1]
+        run_starts = tf.where((rows != previous_row) | is_special | after_special)[:, 0]
+        runs = tf.RaggedTensor.from_row_starts(flat, run_starts)
+        run_texts = tf.where(tf.gather(is_special, run_starts),
+                             self._sp.id_to_string(tf.gather(flat, run_starts)), self._sp.detokenize(runs))
+        by_row = tf.RaggedTensor.from_value_rowids(run_texts, tf.gather(rows, run_starts), nrows=ids.nrows())
+        return tf.strings.reduce_join(by_row, axis=1)
+
     def detokenize(self, inputs):
+        """Ids [..., T] (dense or ragged) -> texts [...]."""
         self._require_proto()
         with tf.device("cpu"):
             if not isinstance(inputs, tf.RaggedTensor):
                 inputs = tf.convert_to_tensor(inputs)
-            if inputs.shape.rank == 0:
-                inputs = inputs[tf.newaxis]
-            return self._sp_render.detokenize(tf.cast(inputs, tf.int32))
+                if inputs.shape.rank < 2:
+                    return self.detokenize(tf.reshape(inputs, [1, -1]))[0]
+                inputs = tf.RaggedTensor.from_tensor(inputs, ragged_rank=inputs.shape.rank - 1)
+            inputs = tf.cast(inputs, tf.int32)
+            if inputs.ragged_rank == 1 and inputs.shape.rank == 2:
+                return self._decode(inputs)
+            return inputs.with_values(self.detokenize(inputs.values))
 
     def call(self, inputs):
         return self.tokenize(inputs)

@@ -135,6 +135,26 @@ def test_detokenize_round_trip(tokenizer):
     assert graph(tokenizer(TEXTS)).numpy().tolist() == [t.encode() for t in TEXTS]
 
 
+def test_detokenize_matches_sentencepiece_with_specials_as_text(tokenizer, proto):
+    """Random ids, specials among byte-fallback pieces included, against the sentencepiece library on
+    a copy of the model in which CONTROL pieces are ordinary text and unk decodes as its piece."""
+    render = ModelProto.FromString(proto)
+    for piece in render.pieces:
+        if piece.type == ModelProto.SentencePiece.CONTROL:
+            piece.type = ModelProto.SentencePiece.USER_DEFINED
+    render.trainer_spec.unk_surface = "<unk>"
+    reference = spm.SentencePieceProcessor(model_proto=render.SerializeToString())
+    rng = np.random.default_rng(0)
+    euro = tokenizer("€").numpy().tolist()
+    assert len(euro) == 3  # three byte pieces
+    rows = [euro[:1] + [tokenizer.end_of_turn_token_id] + euro[1:], [], [3, 3], euro]
+    rows += [rng.integers(0, tokenizer.vocabulary_size(), rng.integers(0, 16)).tolist() for _ in range(200)]
+    decoded = tokenizer.detokenize(tf.ragged.constant(rows, dtype=tf.int32, row_splits_dtype=tf.int32))
+    assert [text.decode("utf-8") for text in decoded.numpy()] == [reference.decode(row) for row in rows]
+    assert tokenizer.detokenize(tf.ragged.constant([rows[:2], [], rows[2:4]])).to_list() == [
+        [t.encode() for t in reference.decode(rows[:2])], [], [t.encode() for t in reference.decode(rows[2:4])]]
+
+
 def test_get_config_round_trip_and_assets(proto, tmp_path):
     tokenizer = Gemma3Tokenizer(proto, sequence_length=8, has_vision_tokens=True, name="tok")
     config = tokenizer.get_config()
