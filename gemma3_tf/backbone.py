@@ -10,7 +10,7 @@ from gemma3_tf.layers.attention import cache_slots
 from gemma3_tf.layers.attention_mask import AttentionMasks
 from gemma3_tf.layers.rotary_embedding import rotation
 from gemma3_tf.presets import PRESETS
-from gemma3_tf.quantization import in_own_matmul
+from gemma3_tf.quantization import int8_matmul, is_int8, read_per_call
 from gemma3_tf.vision_encoder import Gemma3VisionEncoder
 
 
@@ -233,16 +233,19 @@ class Gemma3Backbone(keras.Model):
         (equal under XLA).
         """
         embedding = self.token_embedding
-        if not in_own_matmul(embedding):
+        if is_int8(embedding):  # the [V, D] table is the layout `int8_matmul` reads in place
+            rows = tf.reshape(hidden_states, [-1, hidden_states.shape[-1]])
+            logits = int8_matmul(embedding.embeddings, embedding.embeddings_scale, rows)
+            logits = tf.reshape(logits, tf.concat([tf.shape(hidden_states)[:-1], [embedding.input_dim]], axis=0))
+        elif embedding.quantization_mode is not None:
             return ops.cast(embedding(hidden_states, reverse=True), "float32")
-        table = tf.cast(embedding.embeddings, hidden_states.dtype)
-        if hidden_states.shape.rank == 2:
-            logits = tf.transpose(tf.matmul(table, hidden_states, transpose_b=True))
         else:
-            logits = tf.matmul(hidden_states, table, transpose_b=True)
+            table = tf.cast(read_per_call(embedding.embeddings, hidden_states), hidden_states.dtype)
+            if hidden_states.shape.rank == 2:
+                logits = tf.transpose(tf.matmul(table, hidden_states, transpose_b=True))
+            else:
+                logits = tf.matmul(hidden_states, table, transpose_b=True)
         logits = tf.cast(logits, tf.float32)
-        if embedding.quantization_mode is not None:  # weight-only int8: the table's rows have their own scales
-            logits = logits / embedding.embeddings_scale
         if embedding.logit_soft_cap is not None:
             logits = tf.tanh(logits / embedding.logit_soft_cap) * embedding.logit_soft_cap
         return logits

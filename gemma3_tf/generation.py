@@ -7,10 +7,13 @@ sliding window depend only on distances between positions, so a row's logits do 
 change when its tokens shift right; the padding in front is masked out as keys.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
 from gemma3_tf import samplers as samplers_lib
+from gemma3_tf.quantization import compiled_by_xla
 
 MIN_BUCKET = 16  # prompt lengths and new-token counts round up to powers of two from here
 
@@ -42,6 +45,15 @@ def compile_bucket(value):
     return tf.reduce_min(tf.where(powers >= tf.cast(value, tf.int32), powers, powers[-1]))
 
 
+def _compiled(function):
+    """`function` as a tf.function XLA compiles, traced with `quantization.compiled_by_xla` open."""
+    @functools.wraps(function)
+    def traced(*args, **kwargs):
+        with compiled_by_xla():
+            return function(*args, **kwargs)
+    return tf.function(traced, jit_compile=True)
+
+
 class Decoder:
     """Generates up to `max_new_tokens` per row after right-padded prompts, stopping rows on stop tokens.
 
@@ -56,9 +68,9 @@ class Decoder:
         self.backbone = backbone
         self.sampler = samplers_lib.get(sampler)
         self.pad_token_id = pad_token_id
-        self.decode_compiled = tf.function(self.decode, jit_compile=True)
-        self._prefill = tf.function(self._prefill_eager, jit_compile=True)
-        self._step = tf.function(self._step_eager, jit_compile=True)
+        self.decode_compiled = _compiled(self.decode)
+        self._prefill = _compiled(self._prefill_eager)
+        self._step = _compiled(self._step_eager)
 
     def __call__(self, token_ids, padding_mask, max_new_tokens, stop_token_ids=(), seed=None, vision=None,
                  on_step=None):

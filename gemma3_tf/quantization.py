@@ -1,36 +1,101 @@
-"""Weight-only int8: Keras' own quantization (`Model.quantize` with an `Int8QuantizationConfig` that leaves the
-activations in float), and the test the layers use to keep the int8 kernel inside their own matmuls.
+"""Int8: Keras' own int8 quantization (`Model.quantize("int8")`: int8 weights with one scale per output channel, and
+each row of the inputs quantized to int8 on the fly by its absolute maximum), the int8 matmul an export runs, and
+how XLA is kept reading int8 and bfloat16 weights at their own size.
 
-Why weight-only: Keras' default int8 also quantizes the activations, and the int8 x int8 dot it then runs is far
-slower than float32 on CPU (the 270M's 262144 x 640 logits matvec under XLA: 745 ms against 37 ms, 2-core AMD
-EPYC, AVX2). With float activations the cast is the matmul's operand, which XLA fuses into the dot: that matvec
-alone reads the int8 table in place in 19 ms. Measured in the whole decode it does not pay yet (issue 21's
-closing note): in a compiled decode step XLA fuses each RMSNorm and cast into a loop fusion whose dot walks the
-[D, F] kernels by column (the step runs at less than half float32's speed), and the whole decode loop runs at
-float32's speed, as if the casts were hoisted out of it.
+Why the activations are quantized too: then the matmul is an int8 x int8 dot into int32, which XLA runs at int8's
+bytes (the 270M's 262144 x 640 logits matvec: 9.0 ms against 26 ms in float32, 2-core AMD EPYC, AVX2; 28 against
+80 ms at 8 rows). A weight-only int8 kernel is cast to float inside the matmul, and XLA then emits the dot as a
+loop, slower than float32 beyond one row. The int8 dot has two conditions: the kernel laid out [outputs, inputs]
+(as [inputs, outputs]: 795 ms), and its int8 input kept out of the dot's fusion (`_unfused`). Without XLA,
+TensorFlow's int8 dot is 30x slower than its float32 one, so functions TensorFlow runs itself (the plain export,
+the score and embed signatures) compute the same products in float.
+
+In a decode loop XLA hoists loop-invariant work out of the loop, and the conversion of a weight to the dot's
+type (int8 to int32; bfloat16 to float32, as XLA's CPU dots run) is loop-invariant: the loop then read a 4-byte
+copy of every weight, and int8 decoded no faster than float32 (`read_per_call` says how that is kept in the loop).
+
+Which layers: the tied logits and the feedforward gates, whose int8 inputs cost nothing measurable in agreement.
+Quantizing the inputs of the attention projections and of the feedforward output too (their inputs carry the
+residual stream's outlier channels, and the gated GELU's) took the real 270M's top-1 agreement with float32 over
+256 greedy steps on three prompts from 98.3% to 97.9% (`benchmarks/weight_options.py`), under issue 21's 98%;
+those layers stay float.
 """
 
+import contextlib
+import contextvars
+
 WEIGHT_OPTIONS = ("int8",)
+INT8_LAYERS = ("token_embedding", "ffw_gating", "ffw_gating_2")
+
+_under_xla = contextvars.ContextVar("under_xla", default=False)
 
 
-def is_weight_only_int8(layer):
-    """Whether `layer` (an EinsumDense or embedding) holds int8 weights with a per-channel scale and float inputs."""
-    return layer.quantization_mode == "int8" and getattr(layer, "inputs_quantizer", None) is None
-
-
-def in_own_matmul(layer):
-    """Whether the layers' own matmuls take `layer`'s kernel: a float one, or weight-only int8 (divided by its
-    scale after). Keras' other quantization modes run the layer's own call."""
-    return layer.quantization_mode is None or is_weight_only_int8(layer)
+def is_int8(layer):
+    """Whether `layer` (an EinsumDense or embedding) holds Keras int8 weights and quantizes its inputs: the form
+    `int8_matmul` runs."""
+    return layer.quantization_mode == "int8" and getattr(layer, "inputs_quantizer", None) is not None
 
 
 def quantize_weights(model, option):
-    """Quantizes `model`'s weights in place; `option`: one of WEIGHT_OPTIONS."""
-    import keras  # here, not at the top: the CLI reads WEIGHT_OPTIONS for `--help`, which must not load TensorFlow
+    """Quantizes `model`'s INT8_LAYERS in place; `option`: one of WEIGHT_OPTIONS."""
     if option not in WEIGHT_OPTIONS:
         raise ValueError(f"`quantize` must be one of {', '.join(WEIGHT_OPTIONS)}. Received: {option!r}")
-    # Only the layers Keras can quantize: the others (norms, dropout, masks) would each log a warning.
-    quantizable = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
-    model.quantize(option, config=keras.quantizers.Int8QuantizationConfig(activation_quantizer=None),
-                   filters=lambda layer: isinstance(layer, quantizable))
+    model.quantize(option, filters=lambda layer: layer.name in INT8_LAYERS)
     return model
+
+
+@contextlib.contextmanager
+def compiled_by_xla():
+    """While open, matmuls trace the forms XLA runs fast, not those TensorFlow's own kernels do: int8 x int8 dots
+    (`int8_matmul`), and low-precision kernels read on each call (`read_per_call`). For functions XLA compiles."""
+    token = _under_xla.set(True)
+    try:
+        yield
+    finally:
+        _under_xla.reset(token)
+
+
+def int8_matmul(kernel, kernel_scale, rows):
+    """rows [R, C] (float) by an int8 `kernel` [O, C] with `kernel_scale` [O] -> [R, O] in the rows' dtype, as
+    Keras' int8 call computes it: each row quantized by its absolute maximum, the int8 product divided by both
+    scales."""
+    import tensorflow as tf
+    from keras import quantizers
+    quantized, rows_scale = quantizers.abs_max_quantize(rows, axis=-1)
+    if _under_xla.get():
+        quantized = _unfused(quantized)
+        kernel = read_per_call(kernel, quantized)
+        product = tf.linalg.matmul(kernel, quantized, transpose_b=True, output_type=tf.int32)
+    else:  # integers below 2**24 in magnitude (|products| <= 127 * 127), summed in float
+        product = tf.matmul(tf.cast(kernel, rows.dtype), tf.cast(quantized, rows.dtype), transpose_b=True)
+    return tf.cast(tf.transpose(product), rows.dtype) / (rows_scale * tf.cast(kernel_scale, rows.dtype))
+
+
+def _unfused(tensor):
+    """`tensor` (int8, within +-127), through a reduce: XLA's CPU compiler fuses elementwise producers (here the
+    quantization) into a matrix-vector dot and emits the fusion as a loop, 3x slower than the dot alone (the
+    logits matvec: 30 against 9.0 ms); a reduce is not fused."""
+    import tensorflow as tf
+    floor = tf.fill(tf.shape(tensor), tf.constant(-127, tensor.dtype))
+    return tf.reduce_max(tf.stack([tensor, floor]), axis=0)
+
+
+def read_per_call(kernel, inputs):
+    """`kernel`; under `compiled_by_xla`, if it is int8 or bfloat16, through an identity that depends on `inputs`,
+    so that XLA converts it inside the dot that reads it on every call, not once before a decode loop into a
+    4-byte copy that every step then reads. The identity: each weight's bits, as integers, at least a floor that
+    is at most the lowest integer and made from `inputs` (as integers because XLA's CPU compiler computes
+    bfloat16 arithmetic in float32, and the conversion before it was hoisted too).
+
+    Measured on the real 270M, decode tokens/s at batch 1 in process with the export's kernels (2-core AMD EPYC,
+    AVX512_BF16/VNNI, oneDNN on): int8 19.9 with hoisted copies, 64.6 without; bfloat16 about 27 with hoisted
+    copies, 53-54 without; float32 26. Float32 kernels need no conversion, and the identity in their dot's
+    fusion made XLA emit the dot as a loop: 7.5 tokens/s against 19.7.
+    """
+    import tensorflow as tf
+    kernel = tf.convert_to_tensor(kernel)
+    if not _under_xla.get() or kernel.dtype == tf.float32:
+        return kernel
+    bits = tf.bitcast(kernel, tf.int16) if kernel.dtype == tf.bfloat16 else kernel
+    floor = tf.minimum(tf.cast(tf.reduce_min(inputs), bits.dtype), bits.dtype.min)
+    return tf.bitcast(tf.maximum(bits, floor), kernel.dtype)

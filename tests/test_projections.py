@@ -1,11 +1,13 @@
 """The decoder's projections against Keras' own `EinsumDense` call, with the layer's kernel and inside
-`serving_kernels` (the layout an export traces): float32, LoRA, weight-only int8."""
+`serving_kernels` (the layout an export traces): float32, LoRA, int8 (its serving kernels with and without XLA's
+integer dots)."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gemma3_tf.layers.projections import feedforward, heads_output, heads_projection, serving_kernels
-from gemma3_tf.quantization import quantize_weights
+from gemma3_tf.quantization import compiled_by_xla, is_int8, quantize_weights
 from tiny_exports import tiny_lm
 
 
@@ -42,8 +44,16 @@ def test_serving_kernels_give_keras_einsum_dense_outputs_and_go_away_on_exit(tin
     with serving_kernels([dense for dense, _, _ in projections]) as copies:
         for (dense, project, x), expected, copy in zip(projections, keras_outputs, copies):
             assert copy.shape == (expected[0, 0].size, np.prod(x.shape[2:])), dense.path  # [outputs, contracted]
-            assert copy.dtype == ("int8" if weights == "int8" else "float32")
+            assert copy.dtype == ("int8" if is_int8(dense) else "float32"), dense.path
             np.testing.assert_allclose(project(dense, x), expected, rtol=tolerance, atol=tolerance, err_msg=dense.path)
+            if is_int8(dense):
+                def compiled(x, dense=dense, project=project):
+                    with compiled_by_xla():
+                        return project(dense, x)
+                compiled = tf.function(compiled, jit_compile=True)
+                np.testing.assert_allclose(compiled(x), expected, rtol=tolerance, atol=tolerance, err_msg=dense.path)
+    if weights == "int8":
+        assert sum(is_int8(dense) for dense, _, _ in projections) == 2  # the gates
 
     for dense, _, _ in projections:
         assert not hasattr(dense, "serving_kernel")

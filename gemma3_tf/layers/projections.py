@@ -9,8 +9,8 @@ first; XLA's dots read this layout in place. It took every served option up on a
 XLA 21.0 -> 24.0 decode tokens/s at batch 1, plain bfloat16 18.0 -> 20.1 at batch 8; README, "Limits (today)").
 One copy of q, k and v together, and of both gates, measured no faster.
 
-A weight-only int8 kernel is cast inside the matmul and its output divided by the scale. Keras' other
-quantization modes run the layer's own call.
+Keras int8 layers (`gemma3_tf.quantization`) run their own call in training and in-process, and `int8_matmul` by
+their int8 serving kernel in an export. Keras' other quantization modes always run the layer's own call.
 """
 
 import contextlib
@@ -19,14 +19,15 @@ import math
 import tensorflow as tf
 from keras import ops
 
-from gemma3_tf.quantization import in_own_matmul
+from gemma3_tf.quantization import int8_matmul, is_int8, read_per_call
 
 
 @contextlib.contextmanager
 def serving_kernels(denses):
-    """While open, each of `denses` (EinsumDense layers applied by the functions below) reads a copy of its
-    current kernel as [outputs, inputs], in the kernel's dtype (LoRA merged in). Yields the copies: what an
-    export saves in place of the kernels. On exit the layers read their own kernels again."""
+    """While open, each of `denses` (EinsumDense layers applied by the functions below) that is float or Keras int8
+    reads a copy of its current kernel as [outputs, inputs], in the kernel's dtype (LoRA merged in). Yields the
+    copies: what an export saves in place of the kernels. On exit the layers read their own kernels again."""
+    denses = [dense for dense in denses if dense.quantization_mode is None or is_int8(dense)]
     try:
         for dense in denses:
             outputs, contracted = _kernel_axes(dense)
@@ -47,32 +48,32 @@ def heads_projection(dense, x):
     Done as a matmul batched over heads: XLA lowers the einsum with a copy of the transposed
     kernel on every call, 4x slower when decoding one token.
     """
-    if not in_own_matmul(dense):
-        return dense(x)
     if hasattr(dense, "serving_kernel"):
         return _by_serving_kernel(dense, x)
+    if dense.quantization_mode is not None:
+        return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
     heads, dim, head_dim = kernel.shape
     flat = ops.broadcast_to(ops.reshape(x, (1, batch * length, dim)), (heads, batch * length, dim))
     out = ops.reshape(ops.matmul(flat, kernel), (heads, batch, length, head_dim))
-    return _dequantized(dense, ops.transpose(out, (1, 2, 0, 3)))
+    return ops.transpose(out, (1, 2, 0, 3))
 
 
 def heads_output(dense, x):
     """`dense` ("btnh,nhd->btd", kernel [N, H, D]) applied to x [B, T, N, H] -> [B, T, D], batched over heads
     then summed. Not one matmul by the kernel as [N * H, D]: under XLA that decoded the 270M at 14.5
     tokens/s against 18.6 at batch 1 (and was only 5% faster without XLA)."""
-    if not in_own_matmul(dense):
-        return dense(x)
     if hasattr(dense, "serving_kernel"):
         return _by_serving_kernel(dense, x)
+    if dense.quantization_mode is not None:
+        return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
     heads, head_dim, dim = kernel.shape
     per_head = ops.transpose(ops.reshape(x, (batch * length, heads, head_dim)), (1, 0, 2))
     out = ops.sum(ops.matmul(per_head, kernel), axis=0)
-    return _dequantized(dense, ops.reshape(out, (batch, length, dim)))
+    return ops.reshape(out, (batch, length, dim))
 
 
 def feedforward(dense, x):
@@ -84,15 +85,15 @@ def feedforward(dense, x):
     (Xeon with AMX, oneDNN on, single runs): 15.1 -> 16.0 tokens/s at batch 1 without XLA; with XLA 18.7 / 9.2
     -> 18.9 / 10.2 at batch 1 / 8.
     """
-    if not in_own_matmul(dense):
-        return dense(x)
     if hasattr(dense, "serving_kernel"):
         return _by_serving_kernel(dense, x)
+    if dense.quantization_mode is not None:
+        return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
     dim, features = kernel.shape
     out = ops.matmul(ops.reshape(x, (batch * length, dim)), kernel)
-    return _dequantized(dense, ops.reshape(out, (batch, length, features)))
+    return ops.reshape(out, (batch, length, features))
 
 
 def _kernel_axes(dense):
@@ -109,19 +110,14 @@ def _by_serving_kernel(dense, x):
     layer's `output_shape`, [T, *outputs]: reading `dense.kernel` here would put the Keras kernel, and with LoRA its
     adapters, into the traced function, and so into the export.)"""
     kernel = dense.serving_kernel
-    # As (W @ x^T)^T, not x @ W^T: without oneDNN, TensorFlow's (Eigen's) matmul with `transpose_b` takes 4.7x as
-    # long at 8 rows (the decoder's 126 matmuls, float32, 2-core AVX2 EPYC: 207 against 47 ms; 615 against 400 at
-    # 128 rows); the two are equal with oneDNN and under XLA.
     rows = tf.reshape(x, (-1, kernel.shape[1]))
-    out = tf.transpose(tf.matmul(tf.cast(kernel, x.dtype), rows, transpose_b=True))
+    if kernel.dtype == tf.int8:  # Keras keeps the scale in the output's layout: [1, 1, N, H], [1, 1, D] or [1, 1, F]
+        out = int8_matmul(kernel, tf.reshape(dense.kernel_scale, [-1]), rows)
+    else:
+        # As (W @ x^T)^T, not x @ W^T: without oneDNN, TensorFlow's (Eigen's) matmul with `transpose_b` takes 4.7x
+        # as long at 8 rows (the decoder's 126 matmuls, float32, 2-core AVX2 EPYC: 207 against 47 ms; 615 against
+        # 400 at 128 rows); the two are equal with oneDNN and under XLA.
+        out = tf.transpose(tf.matmul(tf.cast(read_per_call(kernel, rows), x.dtype), rows, transpose_b=True))
     # [B, T] read once (it was read twice per matmul: 15 of each exported layer's 422 graph nodes per matmul).
     shape = tf.concat([tf.shape(x)[:2], dense.partial_output_shape[1:]], axis=0)
-    return _dequantized(dense, tf.reshape(out, shape))
-
-
-def _dequantized(dense, output):
-    """`dense`'s output: as computed, or divided by the per-channel scale of a weight-only int8 kernel (Keras
-    keeps it in the output's layout: [1, 1, N, H], [1, 1, D] or [1, 1, F])."""
-    if dense.quantization_mode is None:
-        return output
-    return output / ops.cast(dense.kernel_scale, output.dtype)
+    return tf.reshape(out, shape)
