@@ -4,7 +4,7 @@ how XLA is kept reading int8 and bfloat16 weights at their own size.
 
 Why the activations are quantized too: then the matmul is an int8 x int8 dot into int32, which XLA runs at int8's
 bytes (the 270M's 262144 x 640 logits matvec: 9.0 ms against 26 ms in float32, 2-core AMD EPYC, AVX2; 28 against
-80 ms at 8 rows). A weight-only int8 kernel is cast to float inside the matmul, and XLA then emits the dot as a
+80 ms at 8 rows; with AVX512_VNNI 5.7 against 22 ms, 19 against 58 ms at 8 rows). A weight-only int8 kernel is cast to float inside the matmul, and XLA then emits the dot as a
 loop, slower than float32 beyond one row. The int8 dot has two conditions: the kernel laid out [outputs, inputs]
 (as [inputs, outputs]: 795 ms), and its int8 input kept out of the dot's fusion (`_unfused`). Without XLA,
 TensorFlow's int8 dot is 30x slower than its float32 one, so functions TensorFlow runs itself (the plain export,
@@ -81,21 +81,22 @@ def _unfused(tensor):
 
 
 def read_per_call(kernel, inputs):
-    """`kernel`; under `compiled_by_xla`, if it is int8 or bfloat16, through an identity that depends on `inputs`,
+    """`kernel`; under `compiled_by_xla`, if it is int8, bfloat16 or float16, through an identity that depends on `inputs`,
     so that XLA converts it inside the dot that reads it on every call, not once before a decode loop into a
     4-byte copy that every step then reads. The identity: each weight's bits, as integers, at least a floor that
     is at most the lowest integer and made from `inputs` (as integers because XLA's CPU compiler computes
     bfloat16 arithmetic in float32, and the conversion before it was hoisted too).
 
-    Measured on the real 270M, decode tokens/s at batch 1 in process with the export's kernels (2-core AMD EPYC,
-    AVX512_BF16/VNNI, oneDNN on): int8 19.9 with hoisted copies, 64.6 without; bfloat16 about 27 with hoisted
-    copies, 53-54 without; float32 26. Float32 kernels need no conversion, and the identity in their dot's
-    fusion made XLA emit the dot as a loop: 7.5 tokens/s against 19.7.
+    Measured on the real 270M, decode tokens/s at batch 1, XLA in process (2-core AMD EPYC, AVX512_BF16/VNNI,
+    oneDNN on): int8 with every conversion hoisted 19.9, with the logits table read per call 36.7 (float32 19.7);
+    with the export's kernels read per call, int8 56-65 and bfloat16 53-54 against about 27 with them hoisted
+    (float32 26). Float32 kernels need no conversion, and the identity in their dots' fusions made XLA emit the
+    dots as loops: the float32 decode ran at 7.5 tokens/s against 19.7.
     """
     import tensorflow as tf
     kernel = tf.convert_to_tensor(kernel)
     if not _under_xla.get() or kernel.dtype == tf.float32:
         return kernel
-    bits = tf.bitcast(kernel, tf.int16) if kernel.dtype == tf.bfloat16 else kernel
+    bits = tf.bitcast(kernel, tf.int16) if kernel.dtype in (tf.bfloat16, tf.float16) else kernel
     floor = tf.minimum(tf.cast(tf.reduce_min(inputs), bits.dtype), bits.dtype.min)
     return tf.bitcast(tf.maximum(bits, floor), kernel.dtype)
