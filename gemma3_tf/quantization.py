@@ -4,11 +4,12 @@ how XLA is kept reading int8 and bfloat16 weights at their own size.
 
 Why the activations are quantized too: then the matmul is an int8 x int8 dot into int32, which XLA runs at int8's
 bytes (the 270M's 262144 x 640 logits matvec: 9.0 ms against 26 ms in float32, 2-core AMD EPYC, AVX2; 28 against
-80 ms at 8 rows; with AVX512_VNNI 5.7 against 22 ms, 19 against 58 ms at 8 rows). A weight-only int8 kernel is cast to float inside the matmul, and XLA then emits the dot as a
-loop, slower than float32 beyond one row. The int8 dot has two conditions: the kernel laid out [outputs, inputs]
-(as [inputs, outputs]: 795 ms), and its int8 input kept out of the dot's fusion (`_unfused`). Without XLA,
-TensorFlow's int8 dot is 30x slower than its float32 one, so functions TensorFlow runs itself (the plain export,
-the score and embed signatures) compute the same products in float.
+80 ms at 8 rows; with AVX512_VNNI 5.7 against 22 ms, 19 against 58 ms at 8 rows). A weight-only int8 kernel is
+cast to float inside the matmul, and XLA then emits the dot as a loop, slower than float32 beyond one row. The
+int8 dot has two conditions: the kernel laid out [outputs, inputs] (as [inputs, outputs]: 795 ms), and its int8
+input kept out of the dot's fusion (`_unfused`). Without XLA, TensorFlow's int8 dot is 30x slower than its float32
+one, so functions TensorFlow runs itself (the plain export, the score and embed signatures) compute the same
+products in float.
 
 In a decode loop XLA hoists loop-invariant work out of the loop, and the conversion of a weight to the dot's
 type (int8 to int32; bfloat16 to float32, as XLA's CPU dots run) is loop-invariant: the loop then read a 4-byte
@@ -81,9 +82,9 @@ def _unfused(tensor):
 
 
 def read_per_call(kernel, inputs):
-    """`kernel`; under `compiled_by_xla`, if it is int8, bfloat16 or float16, through an identity that depends on `inputs`,
-    so that XLA converts it inside the dot that reads it on every call, not once before a decode loop into a
-    4-byte copy that every step then reads. The identity: each weight's bits, as integers, at least a floor that
+    """`kernel`; under `compiled_by_xla`, if it is int8, bfloat16 or float16, through an identity that depends on
+    `inputs`, so that XLA converts it inside the dot that reads it on every call, not once before a decode loop
+    into a 4-byte copy that every step then reads. The identity: each weight's bits, as integers, at least a floor that
     is at most the lowest integer and made from `inputs` (as integers because XLA's CPU compiler computes
     bfloat16 arithmetic in float32, and the conversion before it was hoisted too).
 
