@@ -1,8 +1,8 @@
 """Keras int8 (`gemma3_tf.quantization`): `int8_matmul` against Keras' int8 calls on the same weights, with and
 without XLA's integer dots (and XLA running them as dots, not loops, with int8 and bfloat16 kernels read at their
 size inside a decode loop), the error against float32, and the export through TF Serving's loader against the
-in-process int8 model; the real 270M's bfloat16 and int8 weights against
-its float32 ones on greedy tokens."""
+in-process int8 model (with and without XLA); the real 270M's bfloat16 and int8 weights against its float32 ones on
+greedy tokens."""
 
 import os
 import sys
