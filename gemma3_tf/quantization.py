@@ -25,6 +25,8 @@ those layers stay float.
 import contextlib
 import contextvars
 
+# TensorFlow and Keras are imported inside the functions: the CLI reads WEIGHT_OPTIONS for `--help`, which must not
+# load TensorFlow.
 WEIGHT_OPTIONS = ("int8",)
 INT8_LAYERS = ("token_embedding", "ffw_gating", "ffw_gating_2")
 
@@ -84,8 +86,8 @@ def _unfused(tensor):
 def read_per_call(kernel, inputs):
     """`kernel`; under `compiled_by_xla`, if it is int8, bfloat16 or float16, through an identity that depends on
     `inputs`, so that XLA converts it inside the dot that reads it on every call, not once before a decode loop
-    into a 4-byte copy that every step then reads. The identity: each weight's bits, as integers, at least a floor that
-    is at most the lowest integer and made from `inputs` (as integers because XLA's CPU compiler computes
+    into a 4-byte copy that every step then reads. The identity: each weight's bits, as integers, at least a floor
+    that is at most the lowest integer and made from `inputs` (as integers because XLA's CPU compiler computes
     bfloat16 arithmetic in float32, and the conversion before it was hoisted too).
 
     Measured on the real 270M, decode tokens/s at batch 1, XLA in process (2-core AMD EPYC, AVX512_BF16/VNNI,
