@@ -1,19 +1,21 @@
-"""Keras int8 (`gemma3_tf.quantization`): `int8_matmul` against Keras' int8 calls on the same weights, with and
-without XLA's integer dots (and XLA running them as dots, not loops, with int8 and bfloat16 kernels read at their
-size inside a decode loop), the error against float32, and the export through TF Serving's loader against the
+"""Keras int8 (`gemma3_tf.quantization`): `int8_matmul` and `weight_only_int8_matmul` against Keras' int8 calls on
+the same weights, with and without XLA's integer dots (and XLA running them as dots, not loops, with int8 and
+bfloat16 kernels read at their size inside a decode loop), the error against float32, and the export through TF Serving's loader against the
 in-process int8 model (with and without XLA); the real 270M's bfloat16 and int8 weights against its float32 ones on
 greedy tokens."""
 
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import gemma3_tf
 from gemma3_tf import cli
-from gemma3_tf.quantization import INT8_LAYERS, compiled_by_xla, int8_matmul, is_int8, quantize_weights, read_per_call
+from gemma3_tf.quantization import (INT8_LAYERS, WEIGHT_ONLY_INT8_LAYERS, compiled_by_xla, int8_matmul, is_int8,
+                                    quantize_weights, read_per_call, weight_only_int8_matmul)
 from session_savedmodel import SessionSavedModel
 from tiny_exports import PROMPTS, in_process, tiny_lm
 
@@ -33,6 +35,10 @@ def test_int8_logits_equal_keras_int8_call_with_and_without_compiled_by_xla_and_
     int8 = [layer for layer in backbone._flatten_layers() if is_int8(layer)]
     assert sorted({layer.name for layer in int8}) == sorted(INT8_LAYERS)
     assert len(int8) == 1 + 2 * len(backbone.transformer_layers)
+    weight_only = [layer for layer in backbone._flatten_layers()
+                   if layer.quantization_mode == "int8" and not is_int8(layer)]
+    assert sorted({layer.name for layer in weight_only}) == sorted(WEIGHT_ONLY_INT8_LAYERS)
+    assert len(weight_only) == 5 * len(backbone.transformer_layers)
     assert backbone.token_embedding.embeddings.dtype == "int8"
     hidden = np.random.default_rng(0).normal(size=(3, backbone.hidden_dim)).astype("float32")
     keras_logits = np.asarray(backbone.token_embedding(hidden, reverse=True))  # ReversibleEmbedding's int8 call
@@ -71,22 +77,43 @@ def test_xla_runs_the_int8_matmul_as_an_integer_dot_apart_from_the_quantization(
     assert len(with_dot) == 1 and "s32[" in with_dot[0].split(" dot(")[0].splitlines()[-1], hlo
     assert "round-nearest" not in with_dot[0] and "round-nearest" in hlo, hlo
     assert "s8[512,64]" in hlo and "f32[512,64]" not in hlo, hlo  # the kernel stays int8
+    if rows > 1:  # a library dot reads the kernel as it is: no copy of it made on each call
+        assert "s8[512,64]{1,0} fusion(" not in hlo, hlo
     np.testing.assert_allclose(compiled(x), int8_matmul(kernel, scale, x), rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+@pytest.mark.parametrize("rows", [1, 8])
+def test_weight_only_int8_matmul_equals_keras_weight_only_int8_call_with_and_without_xla(rows):
+    dense = keras.layers.EinsumDense("btd,df->btf", output_shape=(None, 48))
+    dense.build((None, None, 64))
+    dense.quantize(config=keras.quantizers.Int8QuantizationConfig(activation_quantizer=None))
+    assert dense.quantization_mode == "int8" and not is_int8(dense)
+    x = np.random.default_rng(2).normal(size=(1, rows, 64)).astype("float32")
+    expected = np.asarray(dense(x))[0]
+    kernel, scale = tf.transpose(dense._kernel), tf.reshape(dense.kernel_scale, [-1])  # the serving layout [O, C]
+    np.testing.assert_allclose(weight_only_int8_matmul(kernel, scale, x[0]), expected, rtol=1e-5, atol=1e-5)
+
+    def matmul(x):
+        with compiled_by_xla():
+            return weight_only_int8_matmul(kernel, scale, x)
+    np.testing.assert_allclose(tf.function(matmul, jit_compile=True)(x[0]), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "weight-only int8", "bfloat16"])
 def test_xla_reads_low_precision_kernels_at_their_size_inside_a_decode_loop(dtype):
     """A loop over the steps of a decode, as `generation.Decoder.decode` runs it under XLA: the kernel's conversion
     for the dot (to int32 or float32) must stay inside the loop's body, not be hoisted before the loop into a copy
     of 4 bytes a weight that every step then reads (the loop's state would carry it)."""
     rng = np.random.default_rng(1)
-    kernel = tf.Variable(rng.integers(-127, 128, (512, 64)), dtype=dtype)
+    kernel = tf.Variable(rng.integers(-127, 128, (512, 64)), dtype="int8" if "int8" in dtype else dtype)
     scale = tf.Variable(rng.uniform(10, 20, 512), dtype=tf.float32)
     x = tf.constant(rng.normal(size=(1, 64)), tf.float32)
 
     def step(x):
         if dtype == "int8":
             out = int8_matmul(kernel, scale, x)
+        elif dtype == "weight-only int8":
+            out = weight_only_int8_matmul(kernel, scale, x)
         else:
             x = tf.cast(x, tf.bfloat16)  # as `Gemma3Backbone.logits` reads its table in a bfloat16 model
             out = tf.cast(tf.matmul(x, read_per_call(kernel, x), transpose_b=True), tf.float32)
@@ -98,7 +125,7 @@ def test_xla_reads_low_precision_kernels_at_their_size_inside_a_decode_loop(dtyp
     compiled = tf.function(decode, jit_compile=True)
     hlo = compiled.experimental_get_compiler_ir(x)(stage="optimized_hlo")
     loop_state = next(line for line in hlo.splitlines() if " while(" in line).split(" while(")[0]
-    carried = ["s8[512,64]"] if dtype == "int8" else ["bf16[512,64]", "s16[512,64]"]  # as is, or its bits
+    carried = ["s8[512,64]"] if "int8" in dtype else ["bf16[512,64]", "s16[512,64]"]  # as is, or its bits
     assert any(kernel in loop_state for kernel in carried), loop_state
     assert "32[512,64]" not in loop_state, loop_state  # no s32 or f32 copy of the kernel carried by the loop
     expected = x
@@ -138,4 +165,4 @@ def test_real_270m_bfloat16_and_int8_weights_agree_with_float32_on_greedy_tokens
     quantize_weights(int8.backbone, "int8")
     for name, causal_lm in (("bfloat16", bfloat16), ("int8", int8)):
         top1, error = agreement(causal_lm, sequences, scores)
-        assert top1 >= 0.98 and error < 0.5, (name, top1, error)  # measured: 99.0% / 0.13 and 98.3% / 0.43
+        assert top1 >= 0.98 and error < 0.75, (name, top1, error)  # measured: 99.0% / 0.13 and 98.8% / 0.56

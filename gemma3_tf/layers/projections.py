@@ -9,8 +9,9 @@ first; XLA's dots read this layout in place. It took every served option up on a
 XLA 21.0 -> 24.0 decode tokens/s at batch 1, plain bfloat16 18.0 -> 20.1 at batch 8; README, "Limits (today)").
 One copy of q, k and v together, and of both gates, measured no faster.
 
-Keras int8 layers (`gemma3_tf.quantization`) run their own call in training and in-process, and `int8_matmul` by
-their int8 serving kernel in an export. Keras' other quantization modes always run the layer's own call.
+Keras int8 layers (`gemma3_tf.quantization`) run their own call in training and in-process, and `int8_matmul` (or
+`weight_only_int8_matmul`) by their int8 serving kernel in an export. Keras' other quantization modes always run the
+layer's own call.
 """
 
 import contextlib
@@ -19,7 +20,7 @@ import math
 import tensorflow as tf
 from keras import ops
 
-from gemma3_tf.quantization import int8_matmul, is_int8, read_per_call
+from gemma3_tf.quantization import int8_matmul, is_int8, read_per_call, weight_only_int8_matmul
 
 
 @contextlib.contextmanager
@@ -27,7 +28,7 @@ def serving_kernels(denses):
     """While open, each of `denses` (EinsumDense layers applied by the functions below) that is float or Keras int8
     reads a copy of its current kernel as [outputs, inputs], in the kernel's dtype (LoRA merged in). Yields the
     copies: what an export saves in place of the kernels. On exit the layers read their own kernels again."""
-    denses = [dense for dense in denses if dense.quantization_mode is None or is_int8(dense)]
+    denses = [dense for dense in denses if dense.quantization_mode in (None, "int8")]
     try:
         for dense in denses:
             outputs, contracted = _kernel_axes(dense)
@@ -112,7 +113,8 @@ def _by_serving_kernel(dense, x):
     kernel = dense.serving_kernel
     rows = tf.reshape(x, (-1, kernel.shape[1]))
     if kernel.dtype == tf.int8:  # Keras keeps the scale in the output's layout: [1, 1, N, H], [1, 1, D] or [1, 1, F]
-        out = int8_matmul(kernel, tf.reshape(dense.kernel_scale, [-1]), rows)
+        matmul = int8_matmul if is_int8(dense) else weight_only_int8_matmul
+        out = matmul(kernel, tf.reshape(dense.kernel_scale, [-1]), rows)
     else:
         # As (W @ x^T)^T, not x @ W^T: without oneDNN, TensorFlow's (Eigen's) matmul with `transpose_b` takes 4.7x
         # as long at 8 rows (the decoder's 126 matmuls, float32, 2-core AVX2 EPYC: 207 against 47 ms; 615 against
