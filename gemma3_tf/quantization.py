@@ -87,15 +87,26 @@ def int8_matmul(kernel, kernel_scale, rows):
 
 def weight_only_int8_matmul(kernel, kernel_scale, rows):
     """rows [R, C] (float) by an int8 `kernel` [O, C] with `kernel_scale` [O] -> [R, O], as Keras' weight-only int8
-    call computes it: the kernel converted to the rows' dtype inside the matmul, the product divided by the scale.
-    Under XLA the rows go in through `_unfused`: fused, the attention output's [heads, head_dim] rows were indexed
-    as such inside its dot, 5x slower than the same bytes read by the other matrix-vector dots (5.1 against
-    1.1 ms a decode step for the 270M's 18 layers)."""
+    call computes it: the kernel converted to the rows' dtype inside the matmul, the product divided by the scale."""
     import tensorflow as tf
-    if _under_xla.get():
+    return kernel_matmul(kernel, rows) / tf.cast(kernel_scale, rows.dtype)
+
+
+def kernel_matmul(kernel, rows):
+    """rows [R, C] by `kernel` [O, C] (any dtype) -> [R, O] in the rows' dtype.
+
+    As (W @ x^T)^T, not x @ W^T: without oneDNN, TensorFlow's (Eigen's) matmul with `transpose_b` takes 4.7x as
+    long at 8 rows (the decoder's 126 matmuls, float32, 2-core AVX2 EPYC: 207 against 47 ms; 615 against 400 at
+    128 rows); the two are equal with oneDNN and under XLA. Under XLA a kernel that is not float32 is converted
+    inside the dot (`read_per_call`), and the rows go in through `_unfused`: fused, the attention output's
+    [heads, head_dim] rows were indexed as such inside its dot, 5x slower than the same bytes read by the other
+    matrix-vector dots (the 270M's 18 layers, a decode step: int8 5.1 against 1.1 ms, bfloat16 5.8 against 1.1;
+    `XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true` and the TensorFlow profiler give such per-fusion times).
+    """
+    import tensorflow as tf
+    if _under_xla.get() and kernel.dtype != tf.float32:
         rows = _unfused(rows)
-    product = tf.matmul(tf.cast(read_per_call(kernel, rows), rows.dtype), rows, transpose_b=True)
-    return tf.transpose(product) / tf.cast(kernel_scale, rows.dtype)
+    return tf.transpose(tf.matmul(tf.cast(read_per_call(kernel, rows), rows.dtype), rows, transpose_b=True))
 
 
 def _unfused(tensor):

@@ -20,7 +20,7 @@ import math
 import tensorflow as tf
 from keras import ops
 
-from gemma3_tf.quantization import int8_matmul, is_int8, read_per_call, weight_only_int8_matmul
+from gemma3_tf.quantization import int8_matmul, is_int8, kernel_matmul, weight_only_int8_matmul
 
 
 @contextlib.contextmanager
@@ -116,10 +116,7 @@ def _by_serving_kernel(dense, x):
         matmul = int8_matmul if is_int8(dense) else weight_only_int8_matmul
         out = matmul(kernel, tf.reshape(dense.kernel_scale, [-1]), rows)
     else:
-        # As (W @ x^T)^T, not x @ W^T: without oneDNN, TensorFlow's (Eigen's) matmul with `transpose_b` takes 4.7x
-        # as long at 8 rows (the decoder's 126 matmuls, float32, 2-core AVX2 EPYC: 207 against 47 ms; 615 against
-        # 400 at 128 rows); the two are equal with oneDNN and under XLA.
-        out = tf.transpose(tf.matmul(tf.cast(read_per_call(kernel, rows), x.dtype), rows, transpose_b=True))
+        out = kernel_matmul(kernel, rows)
     # [B, T] read once (it was read twice per matmul: 15 of each exported layer's 422 graph nodes per matmul).
     shape = tf.concat([tf.shape(x)[:2], dense.partial_output_shape[1:]], axis=0)
     return tf.reshape(out, shape)
