@@ -165,8 +165,8 @@ def _add_export_parser(commands):
     export.add_argument("--version", type=int, default=None, help="default: one above the highest present")
     export.add_argument("--dtype", default=None, help="weights dtype in the SavedModel, e.g. bfloat16")
     export.add_argument("--quantize", choices=WEIGHT_OPTIONS, default=None,
-                        help="Keras int8 for the logits and feedforward gates (per-channel weight scales, inputs "
-                             "quantized per row; fast with --jit_compile); the other layers stay float")
+                        help="Keras int8 weights with per-channel scales (the logits and feedforward gates also "
+                             "quantize their inputs per row); fast with --jit_compile")
     export.add_argument("--max_length", type=int, default=2048, help="most tokens per row: prompt + new tokens")
     export.add_argument("--max_images", type=int, default=None, help="images per prompt (vision models)")
     export.add_argument("--max_rows", type=int, default=ServingLimits.max_rows, help="most prompts per request")

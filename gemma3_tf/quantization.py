@@ -1,25 +1,26 @@
-"""Int8: Keras' own int8 quantization (`Model.quantize("int8")`: int8 weights with one scale per output channel, and
-each row of the inputs quantized to int8 on the fly by its absolute maximum), the int8 matmul an export runs, and
-how XLA is kept reading int8 and bfloat16 weights at their own size.
+"""Int8: Keras' own int8 quantization (`Model.quantize`: int8 weights with one scale per output channel), the int8
+matmuls an export runs, and how XLA is kept reading int8 and bfloat16 weights at their own size.
 
-Why the activations are quantized too: then the matmul is an int8 x int8 dot into int32, which XLA runs at int8's
-bytes (the 270M's 262144 x 640 logits matvec: 9.0 ms against 26 ms in float32, 2-core AMD EPYC, AVX2; 28 against
-80 ms at 8 rows; with AVX512_VNNI 5.7 against 22 ms, 19 against 58 ms at 8 rows). A weight-only int8 kernel is
-cast to float inside the matmul, and XLA then emits the dot as a loop, slower than float32 beyond one row. The
-int8 dot has two conditions: the kernel laid out [outputs, inputs] (as [inputs, outputs]: 795 ms), and its int8
-input kept out of the dot's fusion (`_unfused`). Without XLA, TensorFlow's int8 dot is 30x slower than its float32
-one, so functions TensorFlow runs itself (the plain export, the score and embed signatures) compute the same
-products in float.
+Two forms, by layer:
+- The tied logits and the feedforward gates (INT8_LAYERS) also quantize each row of their inputs to int8 on the
+  fly, by its absolute maximum (Keras' default int8): the matmul is then an int8 x int8 dot into int32, which XLA
+  runs at int8's bytes (the 270M's 262144 x 640 logits matvec: 9.0 ms against 26 ms in float32, 2-core AMD EPYC,
+  AVX2; 28 against 80 ms at 8 rows; with AVX512_VNNI 5.7 against 22 ms, 19 against 58 ms at 8 rows). The int8
+  dot has two conditions: the kernel laid out [outputs, inputs] (as [inputs, outputs]: 795 ms), and its int8
+  input kept out of the dot's fusion (`_unfused`).
+- The attention projections and the feedforward output (WEIGHT_ONLY_INT8_LAYERS) keep float inputs (Keras'
+  `Int8QuantizationConfig(activation_quantizer=None)`): their inputs carry the residual stream's outlier
+  channels, and the gated GELU's, and quantizing them too took the real 270M's top-1 agreement with float32 over
+  256 greedy steps on three prompts to 97.9% (`benchmarks/weight_options.py`), under issue 21's 98%. Their int8
+  kernels are converted inside the dot, which then reads them at 1 byte a weight: stored float32, they were half
+  the bytes of a decode step (served int8 with --jit_compile, batch 1, AVX512 EPYC: 61 -> 82 tokens/s).
+Without XLA, TensorFlow's int8 dot is 30x slower than its float32 one, so functions TensorFlow runs itself (the
+plain export, the score and embed signatures) compute the same products in float.
 
 In a decode loop XLA hoists loop-invariant work out of the loop, and the conversion of a weight to the dot's
-type (int8 to int32; bfloat16 to float32, as XLA's CPU dots run) is loop-invariant: the loop then read a 4-byte
-copy of every weight, and int8 decoded no faster than float32 (`read_per_call` says how that is kept in the loop).
-
-Which layers: the tied logits and the feedforward gates, whose int8 inputs cost nothing measurable in agreement.
-Quantizing the inputs of the attention projections and of the feedforward output too (their inputs carry the
-residual stream's outlier channels, and the gated GELU's) took the real 270M's top-1 agreement with float32 over
-256 greedy steps on three prompts from 98.3% to 97.9% (`benchmarks/weight_options.py`), under issue 21's 98%;
-those layers stay float.
+type (int8 to int32 or float32; bfloat16 to float32, as XLA's CPU dots run) is loop-invariant: the loop then read
+a 4-byte copy of every weight, and int8 decoded no faster than float32 (`read_per_call` says how that is kept in
+the loop).
 """
 
 import contextlib
@@ -28,7 +29,7 @@ import contextvars
 # TensorFlow and Keras are imported inside the functions: the CLI reads WEIGHT_OPTIONS for `--help`, which must not
 # load TensorFlow.
 WEIGHT_OPTIONS = ("int8",)
-INT8_LAYERS = ("token_embedding", "ffw_gating", "ffw_gating_2")
+INT8_LAYERS = ("token_embedding", "ffw_gating", "ffw_gating_2")  # int8 inputs too
 WEIGHT_ONLY_INT8_LAYERS = ("query", "key", "value", "attention_output", "ffw_linear")
 
 _under_xla = contextvars.ContextVar("under_xla", default=False)
@@ -41,7 +42,7 @@ def is_int8(layer):
 
 
 def quantize_weights(model, option):
-    """Quantizes `model`'s INT8_LAYERS in place; `option`: one of WEIGHT_OPTIONS."""
+    """Quantizes `model`'s INT8_LAYERS and WEIGHT_ONLY_INT8_LAYERS in place; `option`: one of WEIGHT_OPTIONS."""
     if option not in WEIGHT_OPTIONS:
         raise ValueError(f"`quantize` must be one of {', '.join(WEIGHT_OPTIONS)}. Received: {option!r}")
     from keras import quantizers
