@@ -1,5 +1,6 @@
-"""Faster weights for the real Gemma 3 270M: bfloat16 and int8 (`gemma3_tf.quantization`, Keras' int8 quantization
-of the logits and feedforward gates: `gemma3-tf export --quantize int8`) against float32.
+"""Faster weights for the real Gemma 3 270M: bfloat16 and int8 (`gemma3_tf.quantization`: Keras' int8, with int8
+inputs for the logits and feedforward gates, weight-only for the other matmuls: `gemma3-tf export --quantize int8`)
+against float32.
 
     .venv/bin/python benchmarks/weight_options.py [--json_out FILE]
 
