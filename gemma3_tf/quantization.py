@@ -13,7 +13,7 @@ Two forms, by layer:
   channels, and the gated GELU's, and quantizing them too took the real 270M's top-1 agreement with float32 over
   256 greedy steps on three prompts to 97.9% (`benchmarks/weight_options.py`), under issue 21's 98%. Their int8
   kernels are converted inside the dot, which then reads them at 1 byte a weight: stored float32, they were half
-  the bytes of a decode step (served int8 with --jit_compile, batch 1, AVX512 EPYC: 61 -> 82 tokens/s).
+  the bytes of a decode step (served int8 with --jit_compile, batch 1, AVX512 EPYC: 57.8 -> 86.3 tokens/s).
 Without XLA, TensorFlow's int8 dot is 30x slower than its float32 one, so functions TensorFlow runs itself (the
 plain export, the score and embed signatures) compute the same products in float.
 

@@ -1,8 +1,8 @@
 """Keras int8 (`gemma3_tf.quantization`): `int8_matmul` and `weight_only_int8_matmul` against Keras' int8 calls on
 the same weights, with and without XLA's integer dots (and XLA running them as dots, not loops, with int8 and
-bfloat16 kernels read at their size inside a decode loop), the error against float32, and the export through TF Serving's loader against the
-in-process int8 model (with and without XLA); the real 270M's bfloat16 and int8 weights against its float32 ones on
-greedy tokens."""
+bfloat16 kernels read at their size inside a decode loop, and converting dots given their rows as one vector), the
+error against float32, and the export through TF Serving's loader against the in-process int8 model (with and
+without XLA); the real 270M's bfloat16 and int8 weights against its float32 ones on greedy tokens."""
 
 import os
 import sys
@@ -15,7 +15,7 @@ import tensorflow as tf
 import gemma3_tf
 from gemma3_tf import cli
 from gemma3_tf.quantization import (INT8_LAYERS, WEIGHT_ONLY_INT8_LAYERS, compiled_by_xla, int8_matmul, is_int8,
-                                    quantize_weights, read_per_call, weight_only_int8_matmul)
+                                    kernel_matmul, quantize_weights, read_per_call, weight_only_int8_matmul)
 from session_savedmodel import SessionSavedModel
 from tiny_exports import PROMPTS, in_process, tiny_lm
 
@@ -97,6 +97,25 @@ def test_weight_only_int8_matmul_equals_keras_weight_only_int8_call_with_and_wit
         with compiled_by_xla():
             return weight_only_int8_matmul(kernel, scale, x)
     np.testing.assert_allclose(tf.function(matmul, jit_compile=True)(x[0]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_xla_gives_a_converting_dot_its_rows_as_one_vector():
+    """The attention output's rows: its heads [N, H], the product of the attention's own dot, flattened into one row.
+    Fused into the dot that converts an int8 kernel, they were read as [N, H] inside it, 5x slower than the other
+    matrix-vector dots; `kernel_matmul` hands that dot a [1, N * H] row."""
+    rng = np.random.default_rng(3)
+    kernel = tf.Variable(rng.integers(-127, 128, (512, 64)), dtype=tf.int8)
+    probs, values = tf.constant(rng.normal(size=(4, 8)), tf.float32), tf.constant(rng.normal(size=(8, 16)), tf.float32)
+
+    def project(probs, values):
+        with compiled_by_xla():
+            return kernel_matmul(kernel, tf.reshape(tf.matmul(probs, values), (1, 64)))
+    compiled = tf.function(project, jit_compile=True)
+    hlo = compiled.experimental_get_compiler_ir(probs, values)(stage="optimized_hlo")
+    [fused_dot] = [computation.splitlines()[0] for computation in hlo.split("\n\n")
+                   if " dot(" in computation and "s8[512,64]" in computation and "ENTRY" not in computation]
+    assert "f32[1,64]" in fused_dot and "f32[4,16]" not in fused_dot, fused_dot
+    np.testing.assert_allclose(compiled(probs, values), project(probs, values), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", ["int8", "weight-only int8", "bfloat16"])
