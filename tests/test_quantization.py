@@ -184,4 +184,4 @@ def test_real_270m_bfloat16_and_int8_weights_agree_with_float32_on_greedy_tokens
     quantize_weights(int8.backbone, "int8")
     for name, causal_lm in (("bfloat16", bfloat16), ("int8", int8)):
         top1, error = agreement(causal_lm, sequences, scores)
-        assert top1 >= 0.98 and error < 0.75, (name, top1, error)  # measured: 99.0% / 0.13 and 98.8% / 0.56
+        assert top1 >= 0.98 and error < 0.75, (name, top1, error)  # measured: 99.0% / 0.13 and 98.6% / 0.56

@@ -51,14 +51,14 @@ def heads_projection(dense, x):
     """
     if hasattr(dense, "serving_kernel"):
         return _by_serving_kernel(dense, x)
-    if dense.quantization_mode is not None:
+    if not _reads_its_kernel(dense):
         return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
     heads, dim, head_dim = kernel.shape
     flat = ops.broadcast_to(ops.reshape(x, (1, batch * length, dim)), (heads, batch * length, dim))
     out = ops.reshape(ops.matmul(flat, kernel), (heads, batch, length, head_dim))
-    return ops.transpose(out, (1, 2, 0, 3))
+    return _descaled(dense, ops.transpose(out, (1, 2, 0, 3)))
 
 
 def heads_output(dense, x):
@@ -67,14 +67,14 @@ def heads_output(dense, x):
     tokens/s against 18.6 at batch 1 (and was only 5% faster without XLA)."""
     if hasattr(dense, "serving_kernel"):
         return _by_serving_kernel(dense, x)
-    if dense.quantization_mode is not None:
+    if not _reads_its_kernel(dense):
         return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
     heads, head_dim, dim = kernel.shape
     per_head = ops.transpose(ops.reshape(x, (batch * length, heads, head_dim)), (1, 0, 2))
     out = ops.sum(ops.matmul(per_head, kernel), axis=0)
-    return ops.reshape(out, (batch, length, dim))
+    return _descaled(dense, ops.reshape(out, (batch, length, dim)))
 
 
 def feedforward(dense, x):
@@ -88,13 +88,26 @@ def feedforward(dense, x):
     """
     if hasattr(dense, "serving_kernel"):
         return _by_serving_kernel(dense, x)
-    if dense.quantization_mode is not None:
+    if not _reads_its_kernel(dense):
         return dense(x)
     kernel = ops.cast(dense.kernel, x.dtype)
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
     dim, features = kernel.shape
     out = ops.matmul(ops.reshape(x, (batch * length, dim)), kernel)
-    return ops.reshape(out, (batch, length, features))
+    return _descaled(dense, ops.reshape(out, (batch, length, features)))
+
+
+def _reads_its_kernel(dense):
+    """Whether the functions above apply `dense`'s kernel themselves: float, or Keras' weight-only int8 without LoRA
+    (then `_descaled`; by Keras' own call, an einsum, the 270M's in-process int8 decode ran at 22.9 tokens/s, by
+    these functions 31.1, `benchmarks/weight_options.py`). Other layers run their own call."""
+    weight_only_int8 = dense.quantization_mode == "int8" and not is_int8(dense) and not dense.lora_enabled
+    return dense.quantization_mode is None or weight_only_int8
+
+
+def _descaled(dense, out):
+    """`out` of an int8 kernel divided by its per-channel scale, which Keras keeps in the output's layout."""
+    return out / ops.cast(dense.kernel_scale, out.dtype) if dense.quantization_mode == "int8" else out
 
 
 def _kernel_axes(dense):
