@@ -9,9 +9,9 @@ first; XLA's dots read this layout in place. It took every served option up on a
 XLA 21.0 -> 24.0 decode tokens/s at batch 1, plain bfloat16 18.0 -> 20.1 at batch 8; README, "Limits (today)").
 One copy of q, k and v together, and of both gates, measured no faster.
 
-Keras int8 layers (`gemma3_tf.quantization`) run their own call in training and in-process, and `int8_matmul` (or
-`weight_only_int8_matmul`) by their int8 serving kernel in an export. Keras' other quantization modes always run the
-layer's own call.
+Keras int8 layers (`gemma3_tf.quantization`) run `int8_matmul` (or `weight_only_int8_matmul`) by their int8
+serving kernel in an export. In training and in process, the weight-only ones are applied as float layers are, and
+the others run their own call, as do Keras' other quantization modes.
 """
 
 import contextlib
