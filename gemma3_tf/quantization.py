@@ -82,7 +82,7 @@ def int8_matmul(kernel, kernel_scale, rows):
             lambda: tf.transpose(tf.linalg.matmul(read_per_call(kernel, quantized), quantized, transpose_b=True,
                                                   output_type=tf.int32)))
     else:  # integers below 2**24 in magnitude (|products| <= 127 * 127), summed in float
-        product = tf.transpose(tf.matmul(tf.cast(kernel, rows.dtype), tf.cast(quantized, rows.dtype), transpose_b=True))
+        product = kernel_matmul(kernel, tf.cast(quantized, rows.dtype))
     return tf.cast(product, rows.dtype) / (rows_scale * tf.cast(kernel_scale, rows.dtype))
 
 
