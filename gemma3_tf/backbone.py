@@ -10,7 +10,7 @@ from gemma3_tf.layers.attention import cache_slots
 from gemma3_tf.layers.attention_mask import AttentionMasks
 from gemma3_tf.layers.rotary_embedding import rotation
 from gemma3_tf.presets import PRESETS
-from gemma3_tf.quantization import int8_matmul, is_int8, read_per_call
+from gemma3_tf.quantization import int8_matmul, is_int8, lookup, read_per_call
 from gemma3_tf.vision_encoder import Gemma3VisionEncoder
 
 
@@ -161,7 +161,7 @@ class Gemma3Backbone(keras.Model):
         Returns: (final hidden states [B, T, D], the updated cache, or None without one).
         """
         token_ids = inputs["token_ids"]
-        x = self.token_embedding(token_ids)
+        x = self.embed_tokens(token_ids)
         # Only text embeddings are scaled; image embeddings go in as the vision encoder made them.
         x = x * ops.cast(ops.sqrt(self.hidden_dim), x.dtype)
         vision_mask = None
@@ -222,6 +222,14 @@ class Gemma3Backbone(keras.Model):
         self.validate_inputs(inputs)
         return super().__call__(inputs, *args, **kwargs)
 
+    def embed_tokens(self, token_ids):
+        """token_ids [B, T] -> their embeddings [B, T, D], unscaled; in an export that holds a 16-bit float table as
+        its bits (`layers.projections.serving_kernels`), gathered from those."""
+        embedding = self.token_embedding
+        if hasattr(embedding, "serving_table"):
+            return lookup(embedding.serving_table, token_ids, embedding.variable_dtype)
+        return embedding(token_ids)
+
     def logits(self, hidden_states):
         """Hidden states [..., D] -> float32 logits [..., V] through the tied embedding (and the final
         soft cap): the causal LM's head.
@@ -240,7 +248,11 @@ class Gemma3Backbone(keras.Model):
         elif embedding.quantization_mode is not None:
             return ops.cast(embedding(hidden_states, reverse=True), "float32")
         else:
-            table = tf.cast(read_per_call(embedding.embeddings, hidden_states), hidden_states.dtype)
+            if hasattr(embedding, "serving_table"):
+                table = read_per_call(embedding.serving_table, hidden_states, embedding.variable_dtype)
+            else:
+                table = read_per_call(embedding.embeddings, hidden_states)
+            table = tf.cast(table, hidden_states.dtype)
             if hidden_states.shape.rank == 2:
                 logits = tf.transpose(tf.matmul(table, hidden_states, transpose_b=True))
             else:

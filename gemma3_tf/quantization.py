@@ -25,12 +25,14 @@ the loop).
 
 import contextlib
 import contextvars
+import math
 
 # TensorFlow and Keras are imported inside the functions: the CLI reads WEIGHT_OPTIONS for `--help`, which must not
 # load TensorFlow.
 WEIGHT_OPTIONS = ("int8",)
 INT8_LAYERS = ("token_embedding", "ffw_gating", "ffw_gating_2")  # int8 inputs too
 WEIGHT_ONLY_INT8_LAYERS = ("query", "key", "value", "attention_output", "ffw_linear")
+CAST_BLOCK_ELEMENTS = 2**24  # how much of a kernel `kernel_matmul` casts at once, without XLA
 
 _under_xla = contextvars.ContextVar("under_xla", default=False)
 
@@ -93,8 +95,9 @@ def weight_only_int8_matmul(kernel, kernel_scale, rows):
     return kernel_matmul(kernel, rows) / tf.cast(kernel_scale, rows.dtype)
 
 
-def kernel_matmul(kernel, rows):
-    """rows [R, C] by `kernel` [O, C] (any dtype) -> [R, O] in the rows' dtype.
+def kernel_matmul(kernel, rows, float_dtype=None):
+    """rows [R, C] by `kernel` [O, C] (any dtype; with `float_dtype`, the bits of such a kernel, `serving_copy`)
+    -> [R, O] in the rows' dtype.
 
     As (W @ x^T)^T, not x @ W^T: without oneDNN, TensorFlow's (Eigen's) matmul with `transpose_b` takes 4.7x as
     long at 8 rows (the decoder's 126 matmuls, float32, 2-core AVX2 EPYC: 207 against 47 ms; 615 against 400 at
@@ -105,9 +108,19 @@ def kernel_matmul(kernel, rows):
     `XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true` and the TensorFlow profiler give such per-fusion times).
     """
     import tensorflow as tf
-    if _under_xla.get() and kernel.dtype != tf.float32:
+    if _under_xla.get() and (float_dtype or kernel.dtype) != tf.float32:
         rows = _unfused(rows)
-    return tf.transpose(tf.matmul(tf.cast(read_per_call(kernel, rows), rows.dtype), rows, transpose_b=True))
+    kernel = read_per_call(kernel, rows, float_dtype)
+    if _under_xla.get() or kernel.dtype == rows.dtype:
+        return tf.transpose(tf.matmul(tf.cast(kernel, rows.dtype), rows, transpose_b=True))
+    # Without XLA the cast is a copy of the kernel, made on each call: cast whole, the 270M's int8 logits table
+    # was a 671 MB float32 temporary, which oneDNN's allocator (TensorFlow's CPU allocator where oneDNN is on) then
+    # kept: the int8 server grew by 1 GiB at its first `score` request. In blocks of 64 MiB.
+    blocks = math.ceil(kernel.shape[0] * kernel.shape[1] / CAST_BLOCK_ELEMENTS)
+    size = math.ceil(kernel.shape[0] / blocks)
+    products = [tf.matmul(tf.cast(kernel[start:start + size], rows.dtype), rows, transpose_b=True)
+                for start in range(0, kernel.shape[0], size)]
+    return tf.transpose(tf.concat(products, axis=0))
 
 
 def _unfused(tensor):
@@ -119,12 +132,36 @@ def _unfused(tensor):
     return tf.reduce_max(tf.stack([tensor, tf.fill(tf.shape(tensor), tf.constant(lowest, tensor.dtype))]), axis=0)
 
 
-def read_per_call(kernel, inputs):
-    """`kernel`; under `compiled_by_xla`, if it is int8, bfloat16 or float16, through an identity that depends on
-    `inputs`, so that XLA converts it inside the dot that reads it on every call, not once before a decode loop
-    into a 4-byte copy that every step then reads. The identity: each weight's bits, as integers, at least a floor
-    that is at most the lowest integer and made from `inputs` (as integers because XLA's CPU compiler computes
-    bfloat16 arithmetic in float32, and the conversion before it was hoisted too).
+def serving_copy(kernel):
+    """`kernel` as an export saves it: a 16-bit float one as its bits (int16, read back by `read_per_call` and
+    `lookup` given its `float_dtype`), any other as it is.
+
+    XLA's CPU compiler copies what a decode loop gets from a 16-bit float weight: bitcast to integers (as
+    `read_per_call` does it), the bitcast does not depend on the step, is hoisted out of the loop and emitted as a
+    loop that writes a copy; and a gather from a bfloat16 table runs in float32, on a 4-byte copy of the table
+    hoisted likewise. The bfloat16 270M's XLA decode held 1.14 GiB of such copies per call (a 2-byte one of every
+    weight, a 4-byte one of the table; `XLA_FLAGS=--xla_dump_to`, its buffer assignment), and its server 5.2 GiB.
+    Stored as integers, the weights go into the loop as they are.
+    """
+    import tensorflow as tf
+    return tf.bitcast(kernel, tf.int16) if kernel.dtype in (tf.bfloat16, tf.float16) else kernel
+
+
+def lookup(table, ids, float_dtype=None):
+    """Rows `ids` [...] of `table` [V, D] -> [..., D]; with `float_dtype`, of the table whose bits `table` holds
+    (`serving_copy`), gathered as integers."""
+    import tensorflow as tf
+    rows = tf.gather(table, ids)
+    return rows if float_dtype is None else tf.bitcast(rows, float_dtype)
+
+
+def read_per_call(kernel, inputs, float_dtype=None):
+    """`kernel` (with `float_dtype`, the 16-bit float kernel whose bits it holds, `serving_copy`); under
+    `compiled_by_xla`, if it is not float32, through an identity that depends on `inputs`, so that XLA converts it
+    inside the dot that reads it on every call, not once before a decode loop into a 4-byte copy that every step
+    then reads. The identity: each weight's bits, as integers, at least a floor that is at most the lowest integer
+    and made from `inputs` (as integers because XLA's CPU compiler computes bfloat16 arithmetic in float32, and the
+    conversion before it was hoisted too).
 
     Measured on the real 270M, decode tokens/s at batch 1, XLA in process (2-core AMD EPYC, AVX512_BF16/VNNI,
     oneDNN on): int8 with every conversion hoisted 19.9, with the logits table read per call 36.7 (float32 19.7);
@@ -134,8 +171,9 @@ def read_per_call(kernel, inputs):
     """
     import tensorflow as tf
     kernel = tf.convert_to_tensor(kernel)
-    if not _under_xla.get() or kernel.dtype == tf.float32:
-        return kernel
-    bits = tf.bitcast(kernel, tf.int16) if kernel.dtype in (tf.bfloat16, tf.float16) else kernel
-    floor = tf.minimum(tf.cast(tf.reduce_min(inputs), bits.dtype), bits.dtype.min)
-    return tf.bitcast(tf.maximum(bits, floor), kernel.dtype)
+    if _under_xla.get() and kernel.dtype != tf.float32:
+        if kernel.dtype in (tf.bfloat16, tf.float16):  # a Keras variable in process: bitcast here (`serving_copy`)
+            float_dtype, kernel = kernel.dtype, tf.bitcast(kernel, tf.int16)
+        floor = tf.minimum(tf.cast(tf.reduce_min(inputs), kernel.dtype), kernel.dtype.min)
+        kernel = tf.maximum(kernel, floor)
+    return kernel if float_dtype is None else tf.bitcast(kernel, float_dtype)

@@ -25,9 +25,9 @@ def block_projections(causal_lm):
             (block.ffw_linear, feedforward, hidden)]
 
 
-@pytest.mark.parametrize("weights", ["float32", "lora", "int8"])
+@pytest.mark.parametrize("weights", ["float32", "lora", "int8", "bfloat16"])
 def test_serving_kernels_give_keras_einsum_dense_outputs_and_go_away_on_exit(tiny_proto, weights):
-    causal_lm = tiny_lm(tiny_proto, num_layers=1, seed=6)
+    causal_lm = tiny_lm(tiny_proto, num_layers=1, seed=6, dtype="bfloat16" if weights == "bfloat16" else None)
     if weights == "lora":
         causal_lm.backbone.enable_lora(2)
         for weight in causal_lm.backbone.weights:  # LoRA's B starts at zero: give the adapters an effect
@@ -36,27 +36,40 @@ def test_serving_kernels_give_keras_einsum_dense_outputs_and_go_away_on_exit(tin
     if weights == "int8":
         quantize_weights(causal_lm.backbone, "int8")
     projections = block_projections(causal_lm)
-    keras_outputs = [np.asarray(dense(x)) for dense, _, x in projections]  # Keras' own call (its int8 call too)
-    tolerance = 1e-4 if weights == "int8" else 1e-5
+    if weights == "bfloat16":
+        projections = [(dense, project, tf.cast(x, tf.bfloat16)) for dense, project, x in projections]
+    keras_outputs = [np.asarray(dense(x), "float32") for dense, _, x in projections]  # Keras' call (its int8 too)
+    tolerance = {"int8": 1e-4, "bfloat16": 2e-2}.get(weights, 1e-5)
     for (dense, project, x), expected in zip(projections, keras_outputs):
         np.testing.assert_allclose(project(dense, x), expected, rtol=tolerance, atol=tolerance, err_msg=dense.path)
 
-    with serving_kernels([dense for dense, _, _ in projections]) as copies:
+    backbone = causal_lm.backbone
+    ids = tf.constant([[2, 7, 399]])
+    embedded, logits = backbone.token_embedding(ids), backbone.logits(tf.ones((1, backbone.hidden_dim), "bfloat16"))
+    with serving_kernels([dense for dense, _, _ in projections], backbone.token_embedding) as copies:
+        # A bfloat16 copy holds its bits (`quantization.serving_copy`); the table too, and only then.
+        assert len(copies) == len(projections) + (weights == "bfloat16")
+        stored = {"lora": "float32", "bfloat16": "int16"}.get(weights, weights)
         for (dense, project, x), expected, copy in zip(projections, keras_outputs, copies):
             assert copy.shape == (expected[0, 0].size, np.prod(x.shape[2:])), dense.path  # [outputs, contracted]
-            assert copy.dtype == weights.replace("lora", "float32"), dense.path
-            np.testing.assert_allclose(project(dense, x), expected, rtol=tolerance, atol=tolerance, err_msg=dense.path)
-            if weights == "int8":
+            assert copy.dtype == stored, dense.path
+            np.testing.assert_allclose(np.asarray(project(dense, x), "float32"), expected, rtol=tolerance,
+                                       atol=tolerance, err_msg=dense.path)
+            if weights in ("int8", "bfloat16"):
                 def compiled(x, dense=dense, project=project):
                     with compiled_by_xla():
                         return project(dense, x)
                 compiled = tf.function(compiled, jit_compile=True)
-                np.testing.assert_allclose(compiled(x), expected, rtol=tolerance, atol=tolerance, err_msg=dense.path)
+                np.testing.assert_allclose(np.asarray(compiled(x), "float32"), expected, rtol=tolerance,
+                                           atol=tolerance, err_msg=dense.path)
+        np.testing.assert_array_equal(backbone.embed_tokens(ids), embedded)
+        np.testing.assert_array_equal(backbone.logits(tf.ones((1, backbone.hidden_dim), "bfloat16")), logits)
     if weights == "int8":
         assert sum(is_int8(dense) for dense, _, _ in projections) == 2  # the gates; the others: weight-only int8
 
     for dense, _, _ in projections:
         assert not hasattr(dense, "serving_kernel")
+    assert not hasattr(backbone.token_embedding, "serving_table")
     if weights == "lora":  # after exit the layers read their own kernels again: a changed adapter shows
         adapted = [index for index, (dense, _, _) in enumerate(projections) if dense.lora_enabled]
         assert adapted  # the query and value projections

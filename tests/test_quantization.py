@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 
 import gemma3_tf
-from gemma3_tf import cli
+from gemma3_tf import cli, quantization
 from gemma3_tf.quantization import (INT8_LAYERS, WEIGHT_ONLY_INT8_LAYERS, compiled_by_xla, int8_matmul, is_int8,
-                                    kernel_matmul, quantize_weights, read_per_call, weight_only_int8_matmul)
+                                    kernel_matmul, lookup, quantize_weights, read_per_call, serving_copy,
+                                    weight_only_int8_matmul)
 from session_savedmodel import SessionSavedModel
 from tiny_exports import PROMPTS, in_process, tiny_lm
 
@@ -118,38 +119,58 @@ def test_xla_gives_a_converting_dot_its_rows_as_one_vector():
     np.testing.assert_allclose(compiled(probs, values), project(probs, values), rtol=1e-4, atol=1e-3)
 
 
+def test_without_xla_a_kernel_is_cast_for_its_matmul_a_block_at_a_time(monkeypatch):
+    """Cast whole on each call, the 270M's int8 logits table was a 671 MB float32 temporary, which the allocator
+    where oneDNN is on then kept (the int8 server grew by 1 GiB at its first `score` request)."""
+    monkeypatch.setattr(quantization, "CAST_BLOCK_ELEMENTS", 1000)
+    rng = np.random.default_rng(4)
+    kernel = tf.constant(rng.integers(-127, 128, (250, 24)), tf.int8)
+    rows = tf.constant(rng.normal(size=(3, 24)), tf.float32)
+    graph = tf.function(kernel_matmul).get_concrete_function(kernel, rows).graph
+    casts = [op.outputs[0].shape.as_list() for op in graph.get_operations() if op.type == "Cast"]
+    assert casts == [[42, 24]] * 5 + [[40, 24]], casts  # 6 blocks of at most 1000 weights
+    np.testing.assert_allclose(kernel_matmul(kernel, rows), rows.numpy() @ kernel.numpy().T.astype("float32"),
+                               rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", ["int8", "weight-only int8", "bfloat16"])
 def test_xla_reads_low_precision_kernels_at_their_size_inside_a_decode_loop(dtype):
-    """A loop over the steps of a decode, as `generation.Decoder.decode` runs it under XLA: the kernel's conversion
-    for the dot (to int32 or float32) must stay inside the loop's body, not be hoisted before the loop into a copy
-    of 4 bytes a weight that every step then reads (the loop's state would carry it)."""
+    """A loop over the steps of a decode, as `generation.Decoder.decode` runs it under XLA, each step a matmul by the
+    kernel (bfloat16: as the export saves it, its bits, `serving_copy`) and, as the logits' table is, a row looked up
+    from it. The loop must get the kernel as it is: no copy made before the loop, neither the conversion for the dot
+    (to int32 or float32, 4 bytes a weight that every step would then read) nor anything else (bfloat16 stored as
+    such: a 2-byte copy of its bits and a 4-byte one for the lookup, per call)."""
     rng = np.random.default_rng(1)
-    kernel = tf.Variable(rng.integers(-127, 128, (512, 64)), dtype="int8" if "int8" in dtype else dtype)
+    values = rng.integers(-127, 128, (512, 64))
+    float_dtype = tf.bfloat16 if dtype == "bfloat16" else None
+    kernel = tf.Variable(serving_copy(tf.constant(values, tf.bfloat16)) if float_dtype else values.astype("int8"))
     scale = tf.Variable(rng.uniform(10, 20, 512), dtype=tf.float32)
     x = tf.constant(rng.normal(size=(1, 64)), tf.float32)
 
-    def step(x):
+    def step(i, x):
         if dtype == "int8":
             out = int8_matmul(kernel, scale, x)
         elif dtype == "weight-only int8":
             out = weight_only_int8_matmul(kernel, scale, x)
         else:
             x = tf.cast(x, tf.bfloat16)  # as `Gemma3Backbone.logits` reads its table in a bfloat16 model
-            out = tf.cast(tf.matmul(x, read_per_call(kernel, x), transpose_b=True), tf.float32)
-        return tf.nn.l2_normalize(out[:, :64])
+            out = tf.cast(tf.matmul(x, read_per_call(kernel, x, float_dtype), transpose_b=True), tf.float32)
+        row = tf.cast(lookup(kernel, [i], float_dtype), tf.float32)  # as `Gemma3Backbone.embed_tokens`
+        return tf.nn.l2_normalize(out[:, :64] + row)
 
     def decode(x):
         with compiled_by_xla():
-            return tf.while_loop(lambda i, x: i < 3, lambda i, x: (i + 1, step(x)), (0, x))[1]
+            return tf.while_loop(lambda i, x: i < 3, lambda i, x: (i + 1, step(i, x)), (0, x))[1]
     compiled = tf.function(decode, jit_compile=True)
     hlo = compiled.experimental_get_compiler_ir(x)(stage="optimized_hlo")
-    loop_state = next(line for line in hlo.splitlines() if " while(" in line).split(" while(")[0]
-    carried = ["s8[512,64]"] if "int8" in dtype else ["bf16[512,64]", "s16[512,64]"]  # as is, or its bits
-    assert any(kernel in loop_state for kernel in carried), loop_state
-    assert "32[512,64]" not in loop_state, loop_state  # no s32 or f32 copy of the kernel carried by the loop
+    entry = hlo[hlo.index("\nENTRY"):].split("\n}")[0].splitlines()
+    made = [line for line in entry if " = " in line and "[512,64]" in line.split(" = ")[1].split(" ")[0]]
+    assert len(made) == 1 and " parameter(" in made[0], made  # only the kernel itself, given to the loop as it is
+    loop_state = next(line for line in entry if " while(" in line).split(" while(")[0]
+    assert ("s16[512,64]" if float_dtype else "s8[512,64]") in loop_state, loop_state
     expected = x
-    for _ in range(3):
-        expected = step(expected)  # outside `compiled_by_xla`: float products
+    for i in range(3):
+        expected = step(i, expected)  # outside `compiled_by_xla`: float products
     np.testing.assert_allclose(compiled(x), expected, rtol=2e-2, atol=2e-2)
 
 

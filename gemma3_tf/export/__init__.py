@@ -55,7 +55,7 @@ def export_model(causal_lm, model_base_path, version=None, max_length=ServingLim
     # Open until the version is written: `tf.saved_model.save` traces the functions again (its save context is part
     # of the trace cache key), and each trace must read the serving kernels.
     projections = [dense for block in causal_lm.backbone.transformer_layers for dense in block.projections]
-    with tempfile.TemporaryDirectory() as scratch, serving_kernels(projections):
+    with tempfile.TemporaryDirectory() as scratch, serving_kernels(projections, causal_lm.backbone.token_embedding):
         vocabulary = os.path.join(scratch, VOCAB_FILENAME)
         with open(vocabulary, "wb") as file:
             file.write(causal_lm.preprocessor.tokenizer.proto)

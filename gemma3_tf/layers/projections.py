@@ -20,27 +20,35 @@ import math
 import tensorflow as tf
 from keras import ops
 
-from gemma3_tf.quantization import int8_matmul, is_int8, kernel_matmul, weight_only_int8_matmul
+from gemma3_tf.quantization import int8_matmul, is_int8, kernel_matmul, serving_copy, weight_only_int8_matmul
 
 
 @contextlib.contextmanager
-def serving_kernels(denses):
+def serving_kernels(denses, embedding=None):
     """While open, each of `denses` (EinsumDense layers applied by the functions below) that is float or Keras int8
-    reads a copy of its current kernel as [outputs, inputs], in the kernel's dtype (LoRA merged in). Yields the
-    copies: what an export saves in place of the kernels. On exit the layers read their own kernels again."""
+    reads a copy of its current kernel as [outputs, inputs] (LoRA merged in), and a 16-bit float `embedding` (the
+    tied token embedding) a copy of its table; 16-bit float copies hold their bits (`quantization.serving_copy`).
+    Yields the copies: what an export saves in place of the kernels. On exit the layers read their own again."""
     denses = [dense for dense in denses if dense.quantization_mode in (None, "int8")]
+    sixteen_bit = embedding is not None and embedding.quantization_mode is None and embedding.variable_dtype in (
+        "bfloat16", "float16")
     try:
         for dense in denses:
             outputs, contracted = _kernel_axes(dense)
             kernel = ops.convert_to_tensor(dense.kernel)
             rows = math.prod(kernel.shape[axis] for axis in outputs)
-            dense.serving_kernel = tf.Variable(tf.reshape(tf.transpose(kernel, outputs + contracted), (rows, -1)),
-                                               trainable=False, name=f"{dense.name}_serving_kernel")
-        yield [dense.serving_kernel for dense in denses]
+            kernel = tf.reshape(tf.transpose(kernel, outputs + contracted), (rows, -1))
+            dense.serving_kernel = tf.Variable(serving_copy(kernel), trainable=False,
+                                               name=f"{dense.name}_serving_kernel")
+        if sixteen_bit:
+            embedding.serving_table = tf.Variable(serving_copy(ops.convert_to_tensor(embedding.embeddings)),
+                                                  trainable=False, name=f"{embedding.name}_serving_table")
+        yield [dense.serving_kernel for dense in denses] + ([embedding.serving_table] if sixteen_bit else [])
     finally:
-        for dense in denses:
-            if "serving_kernel" in vars(dense):
-                del dense.serving_kernel
+        for layer in denses + ([embedding] if sixteen_bit else []):
+            for copy in ("serving_kernel", "serving_table"):
+                if copy in vars(layer):
+                    delattr(layer, copy)
 
 
 def heads_projection(dense, x):
@@ -129,7 +137,7 @@ def _by_serving_kernel(dense, x):
         matmul = int8_matmul if is_int8(dense) else weight_only_int8_matmul
         out = matmul(kernel, tf.reshape(dense.kernel_scale, [-1]), rows)
     else:
-        out = kernel_matmul(kernel, rows)
+        out = kernel_matmul(kernel, rows, dense.variable_dtype if kernel.dtype == tf.int16 else None)
     # [B, T] read once (it was read twice per matmul: 15 of each exported layer's 422 graph nodes per matmul).
     shape = tf.concat([tf.shape(x)[:2], dense.partial_output_shape[1:]], axis=0)
     return tf.reshape(out, shape)
