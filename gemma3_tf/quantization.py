@@ -20,7 +20,7 @@ plain export, the score and embed signatures) compute the same products in float
 In a decode loop XLA hoists loop-invariant work out of the loop, and the conversion of a weight to the dot's
 type (int8 to int32 or float32; bfloat16 to float32, as XLA's CPU dots run) is loop-invariant: the loop then read
 a 4-byte copy of every weight, and int8 decoded no faster than float32 (`read_per_call` says how that is kept in
-the loop).
+the loop). An export saves 16-bit float weights as their bits (`serving_copy`), which the loop takes as they are.
 """
 
 import contextlib
