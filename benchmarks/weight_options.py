@@ -56,15 +56,14 @@ def log_probs(causal_lm, sequence):
 
 
 def greedy_sequences(reference, prompts, steps):
-    """[(prompt + `steps` greedy tokens of `reference` [1, L], prompt length)] for each prompt, and `reference`'s
-    log-probabilities over each sequence."""
+    """[(prompt + `steps` greedy tokens of `reference` [1, L], prompt length)] for each prompt, generated as one
+    batch, and `reference`'s log-probabilities over each sequence."""
+    features = reference.preprocessor.generate_preprocess(prompts, sequence_length=16)
+    token_ids, padding_mask = np.asarray(features["token_ids"]), np.asarray(features["padding_mask"])
+    new = np.asarray(reference.generate_ids(token_ids, padding_mask, steps, stop_token_ids=()))
     sequences, scores = [], []
-    for prompt in prompts:
-        features = reference.preprocessor.generate_preprocess([prompt], sequence_length=16)
-        length = int(np.asarray(features["padding_mask"]).sum())
-        prompt_ids = np.asarray(features["token_ids"])[:, :length]
-        new = reference.generate_ids(prompt_ids, np.ones_like(prompt_ids), steps, stop_token_ids=())
-        sequences.append((np.concatenate([prompt_ids, new], axis=1), length))
+    for row, length in enumerate(padding_mask.sum(axis=1)):
+        sequences.append((np.concatenate([token_ids[row:row + 1, :length], new[row:row + 1]], axis=1), int(length)))
         scores.append(log_probs(reference, sequences[-1][0]))
     return sequences, scores
 

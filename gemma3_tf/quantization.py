@@ -47,10 +47,21 @@ def quantize_weights(model, option):
     """Quantizes `model`'s INT8_LAYERS and WEIGHT_ONLY_INT8_LAYERS in place; `option`: one of WEIGHT_OPTIONS."""
     if option not in WEIGHT_OPTIONS:
         raise ValueError(f"`quantize` must be one of {', '.join(WEIGHT_OPTIONS)}. Received: {option!r}")
+    import gc
     from keras import quantizers
-    model.quantize(option, filters=lambda layer: layer.name in INT8_LAYERS)
-    model.quantize(config=quantizers.Int8QuantizationConfig(activation_quantizer=None),
-                   filters=lambda layer: layer.name in WEIGHT_ONLY_INT8_LAYERS)
+    # Keras runs `gc.collect()` for each layer it quantizes (`Layer.__delattr__`, as it drops the float kernel), a
+    # scan of every object in the process: 20 of the 270M's 48 s. Frozen, the objects made before are left out of
+    # those scans; each float kernel still goes with its last reference (RSS after, and peak, unchanged).
+    frozen_here = gc.get_freeze_count() == 0
+    if frozen_here:
+        gc.freeze()
+    try:
+        model.quantize(option, filters=lambda layer: layer.name in INT8_LAYERS)
+        model.quantize(config=quantizers.Int8QuantizationConfig(activation_quantizer=None),
+                       filters=lambda layer: layer.name in WEIGHT_ONLY_INT8_LAYERS)
+    finally:
+        if frozen_here:
+            gc.unfreeze()
     return model
 
 
