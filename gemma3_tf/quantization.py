@@ -155,7 +155,13 @@ def serving_copy(kernel):
     Stored as integers, the weights go into the loop as they are.
     """
     import tensorflow as tf
-    return tf.bitcast(kernel, tf.int16) if kernel.dtype in (tf.bfloat16, tf.float16) else kernel
+    return tf.bitcast(kernel, tf.int16) if stored_as_bits(kernel.dtype) else kernel
+
+
+def stored_as_bits(dtype):
+    """Whether `serving_copy` saves a kernel of `dtype` as its bits: the 16-bit floats."""
+    import tensorflow as tf
+    return tf.as_dtype(dtype) in (tf.bfloat16, tf.float16)
 
 
 def lookup(table, ids, float_dtype=None):
@@ -183,8 +189,8 @@ def read_per_call(kernel, inputs, float_dtype=None):
     import tensorflow as tf
     kernel = tf.convert_to_tensor(kernel)
     if _under_xla.get() and kernel.dtype != tf.float32:
-        if kernel.dtype in (tf.bfloat16, tf.float16):  # a Keras variable in process: bitcast here (`serving_copy`)
-            float_dtype, kernel = kernel.dtype, tf.bitcast(kernel, tf.int16)
+        if stored_as_bits(kernel.dtype):  # a Keras variable in process: bitcast here
+            float_dtype, kernel = kernel.dtype, serving_copy(kernel)
         floor = tf.minimum(tf.cast(tf.reduce_min(inputs), kernel.dtype), kernel.dtype.min)
         kernel = tf.maximum(kernel, floor)
     return kernel if float_dtype is None else tf.bitcast(kernel, float_dtype)

@@ -20,7 +20,8 @@ import math
 import tensorflow as tf
 from keras import ops
 
-from gemma3_tf.quantization import int8_matmul, is_int8, kernel_matmul, serving_copy, weight_only_int8_matmul
+from gemma3_tf.quantization import (int8_matmul, is_int8, kernel_matmul, serving_copy, stored_as_bits,
+                                    weight_only_int8_matmul)
 
 
 @contextlib.contextmanager
@@ -30,8 +31,8 @@ def serving_kernels(denses, embedding=None):
     tied token embedding) a copy of its table; 16-bit float copies hold their bits (`quantization.serving_copy`).
     Yields the copies: what an export saves in place of the kernels. On exit the layers read their own again."""
     denses = [dense for dense in denses if dense.quantization_mode in (None, "int8")]
-    sixteen_bit = embedding is not None and embedding.quantization_mode is None and embedding.variable_dtype in (
-        "bfloat16", "float16")
+    sixteen_bit = embedding is not None and embedding.quantization_mode is None and stored_as_bits(
+        embedding.variable_dtype)
     try:
         for dense in denses:
             outputs, contracted = _kernel_axes(dense)
