@@ -6,9 +6,10 @@ against float32.
 
 For each option: decode tokens/s at batch 1 (the slope between 8 and 40 new greedy tokens) and
 accuracy against float32 over 256 greedy steps: float32 generates 256 tokens after each prompt,
-then every option scores that same sequence (teacher forcing); top-1 agreement is the share of
-positions where its argmax equals float32's, and the logit error is the max |difference| of the
-log-softmax at float32's chosen tokens.
+then every option scores that same sequence (teacher forcing) as its `--jit_compile` export computes
+it (the export's serving kernels, under XLA); top-1 agreement is the share of positions where its
+argmax equals float32's, and the logit error is the max |difference| of the log-softmax at float32's
+chosen tokens.
 """
 
 import argparse
@@ -24,7 +25,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gemma3_tf  # noqa: E402
-from gemma3_tf.quantization import quantize_weights  # noqa: E402
+from gemma3_tf.layers.projections import serving_kernels  # noqa: E402
+from gemma3_tf.quantization import compiled_by_xla, quantize_weights  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
 STEPS = 256
@@ -68,12 +70,31 @@ def greedy_sequences(reference, prompts, steps):
     return sequences, scores
 
 
+def served_log_probs(causal_lm, sequences):
+    """`log_probs` of each of `sequences` as a `--jit_compile` export of `causal_lm` computes them: its serving
+    kernels (int8 and 16-bit float weights as the export stores them), the matmuls XLA runs (`compiled_by_xla`).
+    The sequences go in as one right-padded batch, so one compile."""
+    backbone = causal_lm.backbone
+    length = max(sequence.shape[1] for sequence, _ in sequences)
+    token_ids = np.stack([np.pad(sequence[0], (0, length - sequence.shape[1])) for sequence, _ in sequences])
+    padding_mask = np.stack([np.arange(length) < sequence.shape[1] for sequence, _ in sequences]).astype("int32")
+
+    def forward(token_ids, padding_mask):
+        with compiled_by_xla():
+            return causal_lm({"token_ids": token_ids, "padding_mask": padding_mask})
+    with serving_kernels([dense for block in backbone.transformer_layers for dense in block.projections],
+                         backbone.token_embedding):
+        logits = tf.function(forward, jit_compile=True)(token_ids, padding_mask)
+    scores = np.asarray(tf.nn.log_softmax(tf.cast(logits, tf.float32)))
+    return [row[:sequence.shape[1]] for row, (sequence, _) in zip(scores, sequences)]
+
+
 def agreement(causal_lm, sequences, reference_scores):
-    """(top-1 agreement, max log-prob error) of `causal_lm` against the reference over the greedy tokens of
-    `greedy_sequences`, teacher forced."""
+    """(top-1 agreement, max log-prob error) of `causal_lm`, as served (`served_log_probs`), against the reference
+    over the greedy tokens of `greedy_sequences`, teacher forced."""
     agree, total, error = 0, 0, 0.0
-    for (sequence, length), expected in zip(sequences, reference_scores):
-        scores = log_probs(causal_lm, sequence)
+    for (sequence, length), expected, scores in zip(sequences, reference_scores,
+                                                    served_log_probs(causal_lm, sequences)):
         span = slice(length - 1, sequence.shape[1] - 1)
         agree += int((scores[span].argmax(-1) == expected[span].argmax(-1)).sum())
         total += sequence.shape[1] - length

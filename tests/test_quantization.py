@@ -97,7 +97,22 @@ def test_weight_only_int8_matmul_equals_keras_weight_only_int8_call_with_and_wit
     def matmul(x):
         with compiled_by_xla():
             return weight_only_int8_matmul(kernel, scale, x)
-    np.testing.assert_allclose(tf.function(matmul, jit_compile=True)(x[0]), expected, rtol=1e-5, atol=1e-5)
+    compiled = tf.function(matmul, jit_compile=True)
+    if rows == 1:
+        np.testing.assert_allclose(compiled(x[0]), expected, rtol=1e-5, atol=1e-5)
+        return
+    # At 2 rows or more XLA rounds each row to 24-bit integers (`_int24_rows_matmul`), as one integer dot of their
+    # three int8 parts, that reads the kernel as it is (no float copy of it).
+    hlo = compiled.experimental_get_compiler_ir(x[0])(stage="optimized_hlo")
+    [dot] = [line for line in hlo.splitlines() if " dot(" in line]
+    assert dot.split(" = ")[1].startswith("s32[24,48]"), dot
+    assert "f32[48,64]" not in hlo and "f32[64,48]" not in hlo, hlo
+    # Each input moves by at most half a step, 2**-24 of its row's largest magnitude, so each output by at most that
+    # times the kernel row's absolute sum, beside float32's own rounding.
+    bound = 0.5 * np.abs(x[0]).max(axis=-1, keepdims=True) / (127 * 2**16) * np.abs(
+        np.asarray(dense.kernel)).sum(axis=0)[None, :]
+    error = np.abs(np.asarray(compiled(x[0])) - expected)
+    assert (error <= bound + 1e-5 * np.abs(expected)).all(), (error - bound).max()
 
 
 def test_xla_gives_a_converting_dot_its_rows_as_one_vector():
@@ -197,12 +212,12 @@ def test_unknown_weight_option_is_refused_in_one_line(tmp_path, capsys):
 def test_real_270m_bfloat16_and_int8_weights_agree_with_float32_on_greedy_tokens(real_causal_lm, gguf_checkpoint):
     """Issue 21's bar, as benchmarks/weight_options.py measures it: teacher-forced top-1 agreement of at least 98%
     over 256 greedy float32 tokens after each of its three prompts (fewer tokens are too few: over 64 x 2,
-    int8 measured 96.9%, four tokens of 128). The export options run these weights as the in-process model
-    does (the session-path tests of test_export and above)."""
+    int8 measured 96.9%, four tokens of 128), each option computed as its `--jit_compile` export computes it
+    (the session-path tests of test_export and above check the export against the in-process model)."""
     sequences, scores = greedy_sequences(real_causal_lm, BENCHMARK_PROMPTS, STEPS)
     bfloat16 = gemma3_tf.Gemma3CausalLM.from_preset(gguf_checkpoint, dtype="bfloat16", progress=False)
     int8 = gemma3_tf.Gemma3CausalLM.from_preset(gguf_checkpoint, progress=False)
     quantize_weights(int8.backbone, "int8")
     for name, causal_lm in (("bfloat16", bfloat16), ("int8", int8)):
         top1, error = agreement(causal_lm, sequences, scores)
-        assert top1 >= 0.98 and error < 0.75, (name, top1, error)  # measured: 99.0% / 0.13 and 98.6% / 0.56
+        assert top1 >= 0.98 and error < 0.75, (name, top1, error)  # measured: 98.8% / 0.08 and 98.6% / 0.62
