@@ -11,8 +11,7 @@ Two forms, by layer:
 - The attention projections and the feedforward output (WEIGHT_ONLY_INT8_LAYERS) keep float inputs (Keras'
   `Int8QuantizationConfig(activation_quantizer=None)`): their inputs carry the residual stream's outlier
   channels, and the gated GELU's, and quantizing them too took the real 270M's top-1 agreement with float32 over
-  256 greedy steps on three prompts to 97.9% (`benchmarks/weight_options.py`), under issue 21's 98%. (Under XLA at
-  2 rows or more, their rows go into an int8 dot as 24-bit integers: `weight_only_int8_matmul`.) Their int8
+  256 greedy steps on three prompts to 97.9% (`benchmarks/weight_options.py`), under issue 21's 98%. Their int8
   kernels are converted inside the dot, which then reads them at 1 byte a weight: stored float32, they were half
   the bytes of a decode step (served int8 with --jit_compile, batch 1, AVX512 EPYC: 57.8 -> 86.3 tokens/s).
 Without XLA, TensorFlow's int8 dot is 30x slower than its float32 one, so functions TensorFlow runs itself (the
@@ -102,40 +101,9 @@ def int8_matmul(kernel, kernel_scale, rows):
 
 def weight_only_int8_matmul(kernel, kernel_scale, rows):
     """rows [R, C] (float) by an int8 `kernel` [O, C] with `kernel_scale` [O] -> [R, O], as Keras' weight-only int8
-    call computes it: the kernel converted to the rows' dtype inside the matmul, the product divided by the scale.
-
-    Under XLA at 2 rows or more, the rows as 24-bit integers in one int8 dot instead (`_int24_rows_matmul`): there
-    the dot is a library call, which read a float32 copy of the kernel made on every call. XLA's int8 dot, three
-    rows for each row, is the faster (the 270M's 90 weight-only matmuls of a step at 8 rows: 12 against 26 ms; its
-    decode at batch 8, in process with the serving kernels: 20.3 -> 21.5 tokens/s per row; 2-core AVX512 EPYC).
-    With 16-bit rows (two int8 parts): 9.8 ms and 22.7 tokens/s, the products within 2**-16 of Keras', not 2**-24.
-    One row keeps the converting matrix-vector dot (2 ms), which computes Keras' product."""
+    call computes it: the kernel converted to the rows' dtype inside the matmul, the product divided by the scale."""
     import tensorflow as tf
-    if _under_xla.get():
-        product = tf.cond(tf.shape(rows)[0] > 1, lambda: _int24_rows_matmul(kernel, rows),
-                          lambda: kernel_matmul(kernel, rows))
-    else:
-        product = kernel_matmul(kernel, rows)
-    return product / tf.cast(kernel_scale, rows.dtype)
-
-
-def _int24_rows_matmul(kernel, rows):
-    """rows [R, C] (float) by an int8 `kernel` [O, C] -> [R, O] in the rows' dtype, as one int8 x int8 dot into
-    int32 that reads the kernel as it is: each row rounded to integers q within +-127 * 2**16 by its absolute maximum
-    (to within 2**-24 of it; Keras' int8 inputs round to within 1/254), and each q split into three int8 parts,
-    q = 2**16 * high + 2**8 * middle + low, which go into the dot as rows of their own."""
-    import tensorflow as tf
-    values = tf.cast(rows, tf.float32)
-    largest = tf.reduce_max(tf.abs(values), axis=-1, keepdims=True)
-    step = tf.where(largest > 0, largest, 1.0) / (127.0 * 2**16)  # `high` stays within +-127
-    integers = tf.round(values / step)  # exact in float32: below 2**24
-    high = tf.floor((integers + 2**15) / 2**16)
-    rest = integers - 2**16 * high  # -2**15 .. 2**15 - 1
-    middle = tf.floor((rest + 2**7) / 2**8)  # -128 .. 127
-    parts = _unfused(tf.cast(tf.concat([high, middle, rest - 2**8 * middle], axis=0), tf.int8))
-    products = tf.cast(tf.linalg.matmul(parts, kernel, transpose_b=True, output_type=tf.int32), tf.float32)
-    high_product, middle_product, low_product = tf.split(products, 3)
-    return tf.cast((2**16 * high_product + 2**8 * middle_product + low_product) * step, rows.dtype)
+    return kernel_matmul(kernel, rows) / tf.cast(kernel_scale, rows.dtype)
 
 
 def kernel_matmul(kernel, rows, float_dtype=None):
@@ -167,12 +135,12 @@ def kernel_matmul(kernel, rows, float_dtype=None):
 
 
 def _unfused(tensor):
-    """`tensor`, through a reduce: XLA's CPU compiler fuses elementwise producers (here the quantization) into a
-    matrix-vector dot and emits the fusion as a loop, 3x slower than the dot alone (the logits matvec: 30 against
-    9.0 ms); a reduce is not fused."""
+    """`tensor` (int8 within +-127, or float), through a reduce: XLA's CPU compiler fuses elementwise producers
+    (here the quantization) into a matrix-vector dot and emits the fusion as a loop, 3x slower than the dot alone
+    (the logits matvec: 30 against 9.0 ms); a reduce is not fused."""
     import tensorflow as tf
-    lowest = tf.constant(tensor.dtype.min, tensor.dtype)
-    return tf.reduce_max(tf.stack([tensor, tf.fill(tf.shape(tensor), lowest)]), axis=0)
+    lowest = -127 if tensor.dtype == tf.int8 else tensor.dtype.min
+    return tf.reduce_max(tf.stack([tensor, tf.fill(tf.shape(tensor), tf.constant(lowest, tensor.dtype))]), axis=0)
 
 
 def serving_copy(kernel):

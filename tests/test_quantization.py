@@ -97,22 +97,7 @@ def test_weight_only_int8_matmul_equals_keras_weight_only_int8_call_with_and_wit
     def matmul(x):
         with compiled_by_xla():
             return weight_only_int8_matmul(kernel, scale, x)
-    compiled = tf.function(matmul, jit_compile=True)
-    if rows == 1:
-        np.testing.assert_allclose(compiled(x[0]), expected, rtol=1e-5, atol=1e-5)
-        return
-    # At 2 rows or more XLA rounds each row to 24-bit integers (`_int24_rows_matmul`), as one integer dot of their
-    # three int8 parts, that reads the kernel as it is (no float copy of it).
-    hlo = compiled.experimental_get_compiler_ir(x[0])(stage="optimized_hlo")
-    [dot] = [line for line in hlo.splitlines() if " dot(" in line]
-    assert dot.split(" = ")[1].startswith("s32[24,48]"), dot
-    assert "f32[48,64]" not in hlo and "f32[64,48]" not in hlo, hlo
-    # Each input moves by at most half a step, 2**-24 of its row's largest magnitude, so each output by at most that
-    # times the kernel row's absolute sum, beside float32's own rounding.
-    bound = 0.5 * np.abs(x[0]).max(axis=-1, keepdims=True) / (127 * 2**16) * np.abs(
-        np.asarray(dense.kernel)).sum(axis=0)[None, :]
-    error = np.abs(np.asarray(compiled(x[0])) - expected)
-    assert (error <= bound + 1e-5 * np.abs(expected)).all(), (error - bound).max()
+    np.testing.assert_allclose(tf.function(matmul, jit_compile=True)(x[0]), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_xla_gives_a_converting_dot_its_rows_as_one_vector():
@@ -220,4 +205,4 @@ def test_real_270m_bfloat16_and_int8_weights_agree_with_float32_on_greedy_tokens
     quantize_weights(int8.backbone, "int8")
     for name, causal_lm in (("bfloat16", bfloat16), ("int8", int8)):
         top1, error = agreement(causal_lm, sequences, scores)
-        assert top1 >= 0.98 and error < 0.75, (name, top1, error)  # measured: 98.8% / 0.08 and 98.6% / 0.62
+        assert top1 >= 0.98 and error < 0.75, (name, top1, error)  # measured: 98.8% / 0.08 and 98.6% / 0.56
