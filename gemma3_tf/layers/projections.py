@@ -6,7 +6,7 @@ the export traces its functions, each layer reads instead a copy of its kernel s
 contraction last (the layout of a PyTorch Linear): one 2-D matmul of the B * T rows by its transpose. oneDNN's
 bfloat16 kernels pair values along the contraction, so with the Keras layout each call reorders the weight
 first; XLA's dots read this layout in place. It took every served option up on a Xeon with AMX (float32 with
-XLA 21.0 -> 24.0 decode tokens/s at batch 1, plain bfloat16 18.0 -> 20.1 at batch 8; README, "Limits (today)").
+XLA 21.0 -> 24.0 decode tokens/s at batch 1, plain bfloat16 18.0 -> 20.1 at batch 8; benchmarks/FINDINGS.md).
 One copy of q, k and v together, and of both gates, measured no faster.
 
 Keras int8 layers (`gemma3_tf.quantization`) run `int8_matmul` (or `weight_only_int8_matmul`) by their int8
