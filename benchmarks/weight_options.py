@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gemma3_tf  # noqa: E402
-from gemma3_tf.layers.projections import serving_kernels  # noqa: E402
+from gemma3_tf.layers.projections import backbone_serving_kernels  # noqa: E402
 from gemma3_tf.quantization import compiled_by_xla, quantize_weights  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
@@ -74,7 +74,6 @@ def served_log_probs(causal_lm, sequences):
     """`log_probs` of each of `sequences` as a `--jit_compile` export of `causal_lm` computes them: its serving
     kernels (int8 and 16-bit float weights as the export stores them), the matmuls XLA runs (`compiled_by_xla`).
     The sequences go in as one right-padded batch, so one compile."""
-    backbone = causal_lm.backbone
     length = max(sequence.shape[1] for sequence, _ in sequences)
     token_ids = np.stack([np.pad(sequence[0], (0, length - sequence.shape[1])) for sequence, _ in sequences])
     padding_mask = np.stack([np.arange(length) < sequence.shape[1] for sequence, _ in sequences]).astype("int32")
@@ -82,8 +81,7 @@ def served_log_probs(causal_lm, sequences):
     def forward(token_ids, padding_mask):
         with compiled_by_xla():
             return causal_lm({"token_ids": token_ids, "padding_mask": padding_mask})
-    with serving_kernels([dense for block in backbone.transformer_layers for dense in block.projections],
-                         backbone.token_embedding):
+    with backbone_serving_kernels(causal_lm.backbone):
         logits = tf.function(forward, jit_compile=True)(token_ids, padding_mask)
     scores = np.asarray(tf.nn.log_softmax(tf.cast(logits, tf.float32)))
     return [row[:sequence.shape[1]] for row, (sequence, _) in zip(scores, sequences)]

@@ -13,7 +13,7 @@ from gemma3_tf.export.op_check import check_servable_ops, foreign_ops, saved_mod
 from gemma3_tf.export.session_check import NotServableError, check_session_path, run_signature
 from gemma3_tf.export.signatures import ServingModule
 from gemma3_tf.export.warmup import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP_PROMPT_TOKENS, check_requests, warmup_requests
-from gemma3_tf.layers.projections import serving_kernels
+from gemma3_tf.layers.projections import backbone_serving_kernels
 from gemma3_tf.request_limits import LIMITS_FILE, ServingLimits
 from gemma3_tf.tokenizer import VOCAB_FILENAME
 
@@ -54,8 +54,7 @@ def export_model(causal_lm, model_base_path, version=None, max_length=ServingLim
                          "merged batches would be refused.")
     # Open until the version is written: `tf.saved_model.save` traces the functions again (its save context is part
     # of the trace cache key), and each trace must read the serving kernels.
-    projections = [dense for block in causal_lm.backbone.transformer_layers for dense in block.projections]
-    with tempfile.TemporaryDirectory() as scratch, serving_kernels(projections, causal_lm.backbone.token_embedding):
+    with tempfile.TemporaryDirectory() as scratch, backbone_serving_kernels(causal_lm.backbone):
         vocabulary = os.path.join(scratch, VOCAB_FILENAME)
         with open(vocabulary, "wb") as file:
             file.write(causal_lm.preprocessor.tokenizer.proto)
