@@ -133,6 +133,22 @@ def test_without_xla_a_kernel_is_cast_for_its_matmul_a_block_at_a_time(monkeypat
                                rtol=1e-5, atol=1e-4)
 
 
+
+def test_the_exports_bfloat16_table_is_gathered_from_its_value_so_reading_it_copies_nothing(tiny_proto):
+    """Without XLA, as a plain export runs: a ResourceGather would put the table's variable in copy-on-read mode, in
+    which each later read (the logits, every decode step) copies it whole (the 270M: 335 MB a step, `lookup`)."""
+    from gemma3_tf.layers.projections import backbone_serving_kernels
+
+    backbone = tiny_lm(tiny_proto, dtype="bfloat16").backbone
+    with backbone_serving_kernels(backbone):
+        step = tf.function(lambda ids: backbone.logits(backbone.embed_tokens(ids)[:, -1]))
+        graph = step.get_concrete_function(tf.TensorSpec([2, 3], tf.int32)).graph
+        served = step(tf.constant([[1, 2, 3], [4, 5, 6]]))
+    ops = {op.type for op in graph.get_operations()}
+    assert "GatherV2" in ops and not ops & {"ResourceGather", "ResourceGatherNd"}, ops
+    table = backbone.token_embedding.embeddings
+    np.testing.assert_allclose(served, backbone.logits(tf.gather(table, [3, 6])), rtol=1e-2, atol=1e-2)
+
 @pytest.mark.parametrize("dtype", ["int8", "weight-only int8", "bfloat16"])
 def test_xla_reads_low_precision_kernels_at_their_size_inside_a_decode_loop(dtype):
     """A loop over the steps of a decode, as `generation.Decoder.decode` runs it under XLA, each step a matmul by the
