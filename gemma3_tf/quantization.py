@@ -32,7 +32,7 @@ import math
 WEIGHT_OPTIONS = ("int8",)
 INT8_LAYERS = ("token_embedding", "ffw_gating", "ffw_gating_2")  # int8 inputs too
 WEIGHT_ONLY_INT8_LAYERS = ("query", "key", "value", "attention_output", "ffw_linear")
-CAST_BLOCK_ELEMENTS = 2**24  # how much of a kernel `kernel_matmul` casts at once, without XLA
+CAST_BLOCK_ELEMENTS = 2**24  # how much of a kernel `kernel_matmul` casts at once where the cast is a copy
 
 _under_xla = contextvars.ContextVar("under_xla", default=False)
 
@@ -121,17 +121,33 @@ def kernel_matmul(kernel, rows, float_dtype=None):
     import tensorflow as tf
     if _under_xla.get() and (float_dtype or kernel.dtype) != tf.float32:
         rows = _unfused(rows)
-    kernel = read_per_call(kernel, rows, float_dtype)
-    if _under_xla.get() or kernel.dtype == rows.dtype:
-        return tf.transpose(tf.matmul(tf.cast(kernel, rows.dtype), rows, transpose_b=True))
-    # Without XLA the cast is a copy of the kernel, made on each call: cast whole, the 270M's int8 logits table
-    # was a 671 MB float32 temporary, which oneDNN's allocator (TensorFlow's CPU allocator where oneDNN is on) then
-    # kept: the int8 server grew by 1 GiB at its first `score` request. In blocks of 64 MiB.
-    blocks = math.ceil(kernel.shape[0] * kernel.shape[1] / CAST_BLOCK_ELEMENTS)
+        # One row: XLA's own matrix-vector dot, which converts the kernel as it reads it. More rows: a library dot
+        # on a converted copy of the kernel, made on each call: whole, the bfloat16 logits table's was a 640 MiB
+        # float32 temporary, which the server then kept (+0.7 GiB at its first 2-row request). XLA knows the rows,
+        # and keeps one branch.
+        return tf.cond(tf.shape(rows)[0] > 1, lambda: _in_blocks(kernel, rows, float_dtype),
+                       lambda: _in_blocks(kernel, rows, float_dtype, whole=True))
+    # Without XLA a cast is a copy of the kernel, made on each call: cast whole, the 270M's int8 logits table was a
+    # 671 MB float32 temporary, which oneDNN's allocator (TensorFlow's CPU allocator where oneDNN is on) then kept:
+    # the int8 server grew by 1 GiB at its first `score` request.
+    return _in_blocks(kernel, rows, float_dtype, whole=tf.as_dtype(float_dtype or kernel.dtype) == rows.dtype)
+
+
+def _in_blocks(kernel, rows, float_dtype, whole=False):
+    """(W @ x^T)^T, the kernel read and cast in slices of its outputs of at most CAST_BLOCK_ELEMENTS (`whole`: at
+    once), so that no copy of it is made whole."""
+    import tensorflow as tf
+    blocks = 1 if whole else math.ceil(kernel.shape[0] * kernel.shape[1] / CAST_BLOCK_ELEMENTS)
     size = math.ceil(kernel.shape[0] / blocks)
-    products = [tf.matmul(tf.cast(kernel[start:start + size], rows.dtype), rows, transpose_b=True)
-                for start in range(0, kernel.shape[0], size)]
-    return tf.transpose(tf.concat(products, axis=0))
+    slices = [kernel] if blocks == 1 else [kernel[start:start + size] for start in range(0, kernel.shape[0], size)]
+    products = []
+    for part in slices:
+        # Under XLA each slice is read after the product before it (`read_per_call`'s identity takes that product):
+        # independent, XLA's CPU scheduler (concurrency-optimized) converted all ten slices of the bfloat16 table at
+        # once, the 640 MiB again.
+        after = products[-1] if products else rows
+        products.append(tf.matmul(tf.cast(read_per_call(part, after, float_dtype), rows.dtype), rows, transpose_b=True))
+    return tf.transpose(tf.concat(products, axis=0) if len(products) > 1 else products[0])
 
 
 def _unfused(tensor):

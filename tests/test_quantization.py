@@ -5,6 +5,7 @@ error against float32, and the export through TF Serving's loader against the in
 without XLA); the real 270M's bfloat16 and int8 weights against its float32 ones on greedy tokens."""
 
 import os
+import re
 import sys
 
 import keras
@@ -132,6 +133,31 @@ def test_without_xla_a_kernel_is_cast_for_its_matmul_a_block_at_a_time(monkeypat
     np.testing.assert_allclose(kernel_matmul(kernel, rows), rows.numpy() @ kernel.numpy().T.astype("float32"),
                                rtol=1e-5, atol=1e-4)
 
+
+
+@pytest.mark.parametrize("rows_count", [1, 3])
+def test_under_xla_a_bfloat16_kernel_is_converted_a_block_at_a_time_at_more_than_one_row(monkeypatch, rows_count):
+    """At more than one row XLA's dot reads a float32 copy of a bfloat16 kernel, made on each call: whole, the 270M's
+    logits table's was a 640 MiB temporary that the server kept. At one row XLA's matrix-vector dot converts the
+    kernel as it reads it: no copy, so no blocks."""
+    monkeypatch.setattr(quantization, "CAST_BLOCK_ELEMENTS", 1000)
+    rng = np.random.default_rng(5)
+    kernel = tf.Variable(serving_copy(tf.constant(rng.normal(size=(250, 24)), tf.bfloat16)))
+    rows = tf.constant(rng.normal(size=(rows_count, 24)), tf.float32)
+
+    def product(rows):
+        with compiled_by_xla():
+            return kernel_matmul(kernel, rows, tf.bfloat16)
+    compiled = tf.function(product, jit_compile=True)
+    hlo = compiled.experimental_get_compiler_ir(rows)(stage="optimized_hlo")
+    # Copies made: converts that are a fusion's result or stand alone, not those read inside a dot's fusion.
+    made = "\n".join(computation if computation.lstrip().startswith("ENTRY") else
+                      next(line for line in computation.splitlines() if "ROOT" in line)
+                      for computation in hlo.split("\n\n") if "ROOT" in computation)
+    copies = sorted(set(re.findall(r"= f32\[(\d+),24\]\{1,0\} convert\(", made)))
+    assert copies == ([] if rows_count == 1 else ["40", "42"]), copies  # 6 blocks of at most 1000 weights
+    expected = rows.numpy() @ tf.cast(tf.bitcast(kernel, tf.bfloat16), tf.float32).numpy().T
+    np.testing.assert_allclose(compiled(rows), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_the_exports_bfloat16_table_is_gathered_from_its_value_so_reading_it_copies_nothing(tiny_proto):
