@@ -153,6 +153,7 @@ def _in_blocks(kernel, rows, float_dtype, whole=False):
 
 
 def _blocks(kernel):
+    """How many slices of at most CAST_BLOCK_ELEMENTS weights `kernel` [O, C] is cast in."""
     return math.ceil(kernel.shape[0] * kernel.shape[1] / CAST_BLOCK_ELEMENTS)
 
 

@@ -134,7 +134,6 @@ def test_without_xla_a_kernel_is_cast_for_its_matmul_a_block_at_a_time(monkeypat
                                rtol=1e-5, atol=1e-4)
 
 
-
 @pytest.mark.parametrize("rows_count", [1, 3])
 def test_under_xla_a_bfloat16_kernel_is_converted_a_block_at_a_time_at_more_than_one_row(monkeypatch, rows_count):
     """At more than one row XLA's dot reads a float32 copy of a bfloat16 kernel, made on each call: whole, the 270M's
@@ -174,6 +173,7 @@ def test_the_exports_bfloat16_table_is_gathered_from_its_value_so_reading_it_cop
     assert "GatherV2" in ops and not ops & {"ResourceGather", "ResourceGatherNd"}, ops
     table = backbone.token_embedding.embeddings
     np.testing.assert_allclose(served, backbone.logits(tf.gather(table, [3, 6])), rtol=1e-2, atol=1e-2)
+
 
 @pytest.mark.parametrize("dtype", ["int8", "weight-only int8", "bfloat16"])
 def test_xla_reads_low_precision_kernels_at_their_size_inside_a_decode_loop(dtype):
