@@ -52,12 +52,12 @@ def serving_kernels(denses, embedding=None):
                     delattr(layer, copy)
 
 
-
 def backbone_serving_kernels(backbone):
     """`serving_kernels` for all of `backbone`'s decoder projections and its tied token embedding: the copies an
     export saves, and that anything computing as the export does must read."""
     return serving_kernels([dense for block in backbone.transformer_layers for dense in block.projections],
                            backbone.token_embedding)
+
 
 def heads_projection(dense, x):
     """`dense` ("btd,ndh->btnh", kernel [N, D, H]) applied to x [B, T, D] -> [B, T, N, H].
