@@ -263,9 +263,14 @@ def test_lora_kept_apart_exports_answer_through_tf_servings_loader_like_in_proce
 
     trained = tiny_lm(tiny_proto, vision=vision, seed=2, num_layers=2)  # 2 layers: every export traces them all
     trained.backbone.enable_lora(2)
-    for weight in trained.backbone.weights:  # LoRA's B starts at zero: give the adapters an effect
-        if "lora_kernel_b" in weight.path:
-            weight.assign(np.random.default_rng(3).normal(0, 0.5, weight.shape).astype("float32"))
+    # LoRA's B starts at zero: give the adapters an effect. A is drawn here too: Keras draws it unseeded, and
+    # one draw in about 20 made a near-tie that bfloat16 rounding (the export merges A @ B into the kernel)
+    # broke the other way, so the test failed by chance. With this seed the in-process greedy token leads the
+    # runner-up by at least 0.2 in logit at every step, in bfloat16 and float32 (which differ by under 0.03).
+    rng = np.random.default_rng(8)
+    for weight in trained.backbone.weights:
+        if "lora_kernel" in weight.path:
+            weight.assign(rng.normal(0, 0.5, weight.shape).astype("float32"))
     preset = str(tmp_path / "preset")
     trained.save_to_preset(preset, merge_lora=False)
     args = ["export", "--preset", preset, "--model_base_path", str(tmp_path / "lora"), "--max_length", "64",
