@@ -33,6 +33,11 @@ WEIGHT_OPTIONS = ("int8",)
 INT8_LAYERS = ("token_embedding", "ffw_gating", "ffw_gating_2")  # int8 inputs too
 WEIGHT_ONLY_INT8_LAYERS = ("query", "key", "value", "attention_output", "ffw_linear")
 CAST_BLOCK_ELEMENTS = 2**24  # how much of a kernel `kernel_matmul` casts at once where the cast is a copy
+# Under XLA at more than one row, where a block's float32 copy is written and read back by the dot on each call:
+# small enough (4 MiB) to stay in cache. The bfloat16 270M's logits at 8 rows, in blocks of 2^24 against 2^20:
+# 105-119 against 68 ms, and float32's own dot 98 (2-core AMD EPYC, both cores shared with another job); 2 rows:
+# 93 against 54 ms.
+XLA_CAST_BLOCK_ELEMENTS = 2**20
 
 _under_xla = contextvars.ContextVar("under_xla", default=False)
 
@@ -121,25 +126,27 @@ def kernel_matmul(kernel, rows, float_dtype=None):
     import tensorflow as tf
     if _under_xla.get() and (float_dtype or kernel.dtype) != tf.float32:
         rows = _unfused(rows)
-        if _blocks(kernel) == 1:  # no branch: one per weight-only int8 kernel took 0.15-0.2 GiB more in the server
-            return _in_blocks(kernel, rows, float_dtype, whole=True)
+        # One block: no branch (one per weight-only int8 kernel took 0.15-0.2 GiB more in the server).
+        if _blocks(kernel, CAST_BLOCK_ELEMENTS) == 1:
+            return _in_blocks(kernel, rows, float_dtype, block_elements=None)
         # One row: XLA's own matrix-vector dot, which converts the kernel as it reads it. More rows: a library dot
         # on a converted copy of the kernel, made on each call: whole, the bfloat16 logits table's was a 640 MiB
         # float32 temporary, which the server then kept (+0.7 GiB at its first 2-row request). XLA knows the rows,
         # and keeps one branch.
-        return tf.cond(tf.shape(rows)[0] > 1, lambda: _in_blocks(kernel, rows, float_dtype),
-                       lambda: _in_blocks(kernel, rows, float_dtype, whole=True))
+        return tf.cond(tf.shape(rows)[0] > 1, lambda: _in_blocks(kernel, rows, float_dtype, XLA_CAST_BLOCK_ELEMENTS),
+                       lambda: _in_blocks(kernel, rows, float_dtype, block_elements=None))
     # Without XLA a cast is a copy of the kernel, made on each call: cast whole, the 270M's int8 logits table was a
     # 671 MB float32 temporary, which oneDNN's allocator (TensorFlow's CPU allocator where oneDNN is on) then kept:
     # the int8 server grew by 1 GiB at its first `score` request.
-    return _in_blocks(kernel, rows, float_dtype, whole=tf.as_dtype(float_dtype or kernel.dtype) == rows.dtype)
+    cast = tf.as_dtype(float_dtype or kernel.dtype) != rows.dtype
+    return _in_blocks(kernel, rows, float_dtype, CAST_BLOCK_ELEMENTS if cast else None)
 
 
-def _in_blocks(kernel, rows, float_dtype, whole=False):
-    """(W @ x^T)^T, the kernel read and cast in slices of its outputs of at most CAST_BLOCK_ELEMENTS (`whole`: at
+def _in_blocks(kernel, rows, float_dtype, block_elements):
+    """(W @ x^T)^T, the kernel read and cast in slices of its outputs of at most `block_elements` weights (None: at
     once), so that no copy of it is made whole."""
     import tensorflow as tf
-    blocks = 1 if whole else _blocks(kernel)
+    blocks = 1 if block_elements is None else _blocks(kernel, block_elements)
     size = math.ceil(kernel.shape[0] / blocks)
     slices = [kernel] if blocks == 1 else [kernel[start:start + size] for start in range(0, kernel.shape[0], size)]
     products = []
@@ -152,9 +159,9 @@ def _in_blocks(kernel, rows, float_dtype, whole=False):
     return tf.transpose(tf.concat(products, axis=0) if len(products) > 1 else products[0])
 
 
-def _blocks(kernel):
-    """How many slices of at most CAST_BLOCK_ELEMENTS weights `kernel` [O, C] is cast in."""
-    return math.ceil(kernel.shape[0] * kernel.shape[1] / CAST_BLOCK_ELEMENTS)
+def _blocks(kernel, block_elements):
+    """How many slices of at most `block_elements` weights `kernel` [O, C] is cast in."""
+    return math.ceil(kernel.shape[0] * kernel.shape[1] / block_elements)
 
 
 def _unfused(tensor):
