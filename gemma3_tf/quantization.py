@@ -33,11 +33,11 @@ WEIGHT_OPTIONS = ("int8",)
 INT8_LAYERS = ("token_embedding", "ffw_gating", "ffw_gating_2")  # int8 inputs too
 WEIGHT_ONLY_INT8_LAYERS = ("query", "key", "value", "attention_output", "ffw_linear")
 CAST_BLOCK_ELEMENTS = 2**24  # how much of a kernel `kernel_matmul` casts at once where the cast is a copy
-# Under XLA at more than one row, where a block's float32 copy is written and read back by the dot on each call:
-# small enough (4 MiB) to stay in cache. The bfloat16 270M's logits at 8 rows, in blocks of 2^24 against 2^20:
-# 105-119 against 68 ms, and float32's own dot 98 (2-core AMD EPYC, both cores shared with another job); 2 rows:
-# 93 against 54 ms.
-XLA_CAST_BLOCK_ELEMENTS = 2**20
+# Under XLA at more than one row, how much of a kernel of more than one CAST_BLOCK_ELEMENTS block is converted at a
+# time (`_in_block_loop`): each block's float32 copy (8 MiB) stays in cache from the conversion that writes it to
+# the dot that reads it. The bfloat16 270M's logits at 8 rows, in blocks of 2^24 / 2^22 / 2^21 / 2^20: 60.6 / 38.8 /
+# 40.2 / 50.3 ms, float32's own dot 58.5 (`benchmarks/cast_blocks.py --rows 8`, 2-core AMD EPYC, avx512_bf16).
+XLA_CAST_BLOCK_ELEMENTS = 2**21
 
 _under_xla = contextvars.ContextVar("under_xla", default=False)
 
@@ -131,9 +131,9 @@ def kernel_matmul(kernel, rows, float_dtype=None):
             return _in_blocks(kernel, rows, float_dtype, block_elements=None)
         # One row: XLA's own matrix-vector dot, which converts the kernel as it reads it. More rows: a library dot
         # on a converted copy of the kernel, made on each call: whole, the bfloat16 logits table's was a 640 MiB
-        # float32 temporary, which the server then kept (+0.7 GiB at its first 2-row request). XLA knows the rows,
-        # and keeps one branch.
-        return tf.cond(tf.shape(rows)[0] > 1, lambda: _in_blocks(kernel, rows, float_dtype, XLA_CAST_BLOCK_ELEMENTS),
+        # float32 temporary, which the server then kept (+0.7 GiB at its first 2-row request); now a block at a
+        # time. XLA knows the rows, and keeps one branch.
+        return tf.cond(tf.shape(rows)[0] > 1, lambda: _in_block_loop(kernel, rows, float_dtype),
                        lambda: _in_blocks(kernel, rows, float_dtype, block_elements=None))
     # Without XLA a cast is a copy of the kernel, made on each call: cast whole, the 270M's int8 logits table was a
     # 671 MB float32 temporary, which oneDNN's allocator (TensorFlow's CPU allocator where oneDNN is on) then kept:
@@ -149,14 +149,34 @@ def _in_blocks(kernel, rows, float_dtype, block_elements):
     blocks = 1 if block_elements is None else _blocks(kernel, block_elements)
     size = math.ceil(kernel.shape[0] / blocks)
     slices = [kernel] if blocks == 1 else [kernel[start:start + size] for start in range(0, kernel.shape[0], size)]
-    products = []
-    for part in slices:
-        # Under XLA each slice is read after the product before it (`read_per_call`'s identity takes that product):
-        # independent, XLA's CPU scheduler (concurrency-optimized) converted all ten slices of the bfloat16 table at
-        # once, the 640 MiB again.
-        after = products[-1] if products else rows
-        products.append(tf.matmul(tf.cast(read_per_call(part, after, float_dtype), rows.dtype), rows, transpose_b=True))
+    products = [tf.matmul(tf.cast(read_per_call(part, rows, float_dtype), rows.dtype), rows, transpose_b=True)
+                for part in slices]
     return tf.transpose(tf.concat(products, axis=0) if len(products) > 1 else products[0])
+
+
+def _in_block_loop(kernel, rows, float_dtype):
+    """Under XLA: (W @ x^T)^T, the kernel read and converted XLA_CAST_BLOCK_ELEMENTS weights at a time in a loop.
+    A loop runs its blocks one after another, so one block's copy exists at a time (unrolled and independent, XLA's
+    concurrency-optimized scheduler converted all blocks at once), and the graph holds one block's ops however many
+    there are (160 unrolled blocks of 2^20 took the bfloat16 270M's server 3.33 -> 4.17 GiB after its warmup,
+    `benchmarks/served_memory.py`)."""
+    import tensorflow as tf
+    kernel = tf.convert_to_tensor(kernel)
+    outputs, contracted = kernel.shape
+    size = max(1, min(outputs, XLA_CAST_BLOCK_ELEMENTS // contracted))
+    loops = outputs // size
+
+    def product(start, size):
+        part = tf.slice(kernel, [start, 0], [size, contracted])
+        return tf.matmul(tf.cast(read_per_call(part, rows, float_dtype), rows.dtype), rows, transpose_b=True)
+
+    def body(i, products):
+        return i + 1, products.write(i, product(i * size, size))
+    products = tf.while_loop(lambda i, _: i < loops, body, (0, tf.TensorArray(rows.dtype, size=loops)))[1]
+    products = [tf.reshape(products.stack(), [loops * size, -1])]
+    if outputs % size:
+        products.append(product(loops * size, outputs % size))
+    return tf.transpose(tf.concat(products, axis=0))
 
 
 def _blocks(kernel, block_elements):
