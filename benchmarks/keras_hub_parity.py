@@ -21,7 +21,7 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gemma3_tf  # noqa: E402
-from keras_hub_oracle import TEXT_CONFIG, build_pair, text_inputs, vision_inputs  # noqa: E402
+from keras_hub_oracle import build_pair, text_inputs, text_only, vision_inputs  # noqa: E402
 
 CASES = [
     ("text: soft caps, window 4 < 12 tokens, 7 layers, global RoPE x8, batch 3 padded", False, text_inputs(3, 12)),
@@ -29,17 +29,6 @@ CASES = [
     ("vision: 2/1/2 images per row, padded rows", True, vision_inputs((2, 1, 2))),
     ("vision model, 0 images (against keras-hub's text model)", True, vision_inputs((0, 0))),
 ]
-
-
-def text_only(vision_reference):
-    """keras-hub's text backbone holding `vision_reference`'s text weights: keras-hub's vision model itself fails on
-    zero images where oneDNN is on (its Conv2D returns an empty batch unchanged), as on the cloud CPUs it is on by
-    default (tests/test_keras_hub_parity.py compares the same way)."""
-    reference = keras_hub.models.Gemma3Backbone(**TEXT_CONFIG)
-    vision_weights = {weight.path: weight for weight in vision_reference.weights}
-    for weight in reference.weights:
-        weight.assign(vision_weights[weight.path])
-    return reference
 
 
 def write_json(path, results, **settings):

@@ -149,8 +149,7 @@ def _in_blocks(kernel, rows, float_dtype, block_elements):
     blocks = 1 if block_elements is None else _blocks(kernel, block_elements)
     size = math.ceil(kernel.shape[0] / blocks)
     slices = [kernel] if blocks == 1 else [kernel[start:start + size] for start in range(0, kernel.shape[0], size)]
-    products = [tf.matmul(tf.cast(read_per_call(part, rows, float_dtype), rows.dtype), rows, transpose_b=True)
-                for part in slices]
+    products = [_product(part, rows, float_dtype) for part in slices]
     return tf.transpose(tf.concat(products, axis=0) if len(products) > 1 else products[0])
 
 
@@ -167,8 +166,7 @@ def _in_block_loop(kernel, rows, float_dtype):
     loops = outputs // size
 
     def product(start, size):
-        part = tf.slice(kernel, [start, 0], [size, contracted])
-        return tf.matmul(tf.cast(read_per_call(part, rows, float_dtype), rows.dtype), rows, transpose_b=True)
+        return _product(tf.slice(kernel, [start, 0], [size, contracted]), rows, float_dtype)
 
     def body(i, products):
         return i + 1, products.write(i, product(i * size, size))
@@ -177,6 +175,12 @@ def _in_block_loop(kernel, rows, float_dtype):
     if outputs % size:
         products.append(product(loops * size, outputs % size))
     return tf.transpose(tf.concat(products, axis=0))
+
+
+def _product(part, rows, float_dtype):
+    """W @ x^T for a slice `part` of a kernel, read (`read_per_call`) and cast to the rows' dtype."""
+    import tensorflow as tf
+    return tf.matmul(tf.cast(read_per_call(part, rows, float_dtype), rows.dtype), rows, transpose_b=True)
 
 
 def _blocks(kernel, block_elements):

@@ -56,6 +56,17 @@ def build_pair(tmp_path, config=TEXT_CONFIG, vision=False, seed=0):
     return reference, ours
 
 
+def text_only(vision_reference):
+    """keras-hub's text backbone holding `vision_reference`'s text weights: the reference for a vision model given
+    zero images, as keras-hub's vision model itself fails on them where oneDNN is on (its Conv2D returns an empty
+    batch unchanged)."""
+    reference = keras_hub.models.Gemma3Backbone(**TEXT_CONFIG)
+    vision_weights = {weight.path: weight for weight in vision_reference.weights}
+    for weight in reference.weights:
+        weight.assign(vision_weights[weight.path])
+    return reference
+
+
 def save_keras_hub_preset(path, tiny_proto, vision=False, max_shard_size=10):
     """A preset directory written by keras-hub itself; returns its backbone."""
     encoder = keras_hub.models.Gemma3VisionEncoder(**VISION_CONFIG) if vision else None
