@@ -5,12 +5,12 @@ export as TF Serving's SavedModelBundle does (TensorFlow's session loader), then
         [--json_out FILE]
 
 Exports the plain float32 model into `--work_dir` unless `--model_path` is given. Each version is measured in its
-own interpreter, which imports only what the local server imports (TensorFlow, TF Text). Stages: the imports,
-the MetaGraph parsed, the graph imported, the session made (its first run), the variables restored (the init op
-after), then each warmup record, then a `score` request of `--score_tokens` response tokens (a request near the
-export's max_length). Each stage gives the RSS, its anonymous part (the rest is mapped library and file pages) and
-the peak so far (VmHWM). Also: the graph's size (nodes in its function library, bytes of saved_model.pb) and of
-variables/.
+own interpreter, which loads only what the local server loads (TensorFlow, and the op libraries the export needs:
+`serving.op_libraries`). Stages: those loaded, the MetaGraph parsed, the graph imported, the session made (its
+first run), the variables restored (the init op after), then each warmup record, then a `score` request of
+`--score_tokens` response tokens (a request near the export's max_length). Each stage gives the RSS, its
+anonymous part (the rest is mapped library and file pages) and the peak so far (VmHWM). Also: the graph's size
+(nodes in its function library, bytes of saved_model.pb) and of variables/.
 """
 
 import argparse
@@ -39,11 +39,12 @@ def measure(path, score_tokens):
     stage("start")
     import numpy as np
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (the server's import: TF Text's ops)
     from tensorflow.python.saved_model import loader_impl
 
     from serving.models import DEFAULT_SIGNATURE, read_warmup_requests
-    stage("tensorflow, tensorflow_text imported")
+    from serving.op_libraries import register_op_libraries
+    register_op_libraries(path)
+    stage("tensorflow and the export's op libraries loaded")
 
     loader = loader_impl.SavedModelLoader(path)
     meta_graph = loader.get_meta_graph_def_from_tags(["serve"])

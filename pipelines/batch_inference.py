@@ -227,8 +227,9 @@ class SavedModelGenerator:
     across processes (`--large_model`) needs, as calls to it are pickled."""
 
     def __init__(self, model_path):
-        import tensorflow_text  # noqa: F401  (registers the TF Text ops the exported tokenizer runs on)
+        from serving.op_libraries import register_op_libraries
 
+        register_op_libraries(model_path)  # the TF Text ops the exported tokenizer runs on
         self.model_path = model_path
         self.loaded = tf.saved_model.load(model_path)
 

@@ -13,12 +13,12 @@ from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_text  # noqa: F401  (registers TF Text's ops, which tensorflow_model_server links in)
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.batching import BatchingError
+from serving.op_libraries import register_op_libraries
 
 log = logging.getLogger("serving")
 
@@ -141,6 +141,7 @@ class Servable:
 
     def __init__(self, name: str, version: int, path: str):
         self.name, self.version, self.path = name, version, path
+        register_op_libraries(path)
         self._session = tf.compat.v1.Session(graph=tf.Graph())
         try:
             with deprecation.silence():  # it advises tf.saved_model.load, which TF Serving does not use

@@ -2,7 +2,11 @@
 gRPC answers equal the in-process model's, bad requests get 4xx with the model's message."""
 
 import base64
+import json
 import os
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -55,6 +59,43 @@ def test_rest_and_grpc_completions_equal_the_in_process_model(text_server):
     assert rest.status()["model_version_status"][0]["state"] == "AVAILABLE"
     signatures = grpc.metadata()["metadata"]["signature_def"]["signature_def"]
     assert {"serving_default", "score", "embed"} <= set(signatures)
+
+
+def test_the_server_process_loads_only_the_op_libraries_its_export_uses(tiny_text_export):
+    """The local server, in a process of its own (this one has imported TF Text whole): of TF Text's op libraries
+    it loads the SentencePiece one alone, and answers as in process; without that library the session loader
+    refuses the export."""
+    causal_lm, path = tiny_text_export
+    child = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        import serving.models
+        from serving.models import Servable
+        if sys.argv[1] == "none":
+            serving.models.register_op_libraries = lambda path: None
+        try:
+            servable = Servable("tiny", 1, {path!r})
+        except Exception as error:
+            print(json.dumps({{"error": str(error).splitlines()[0]}}))
+            sys.exit()
+        inputs = servable.prepare("serving_default", {{"prompt": np.array({[p.encode() for p in PROMPTS]!r}),
+                                                       "max_new_tokens": np.array([6, 6], np.int32)}})
+        completions = [c.decode() for c in servable.call("serving_default", inputs)["completion"]]
+        libraries = sorted({{line.split("/")[-1].strip() for line in open("/proc/self/maps")
+                            if "tensorflow_text" in line}})
+        print(json.dumps({{"completions": completions, "libraries": libraries,
+                          "tensorflow_text imported": "tensorflow_text" in sys.modules}}))
+    """)
+
+    def run(registering):
+        result = subprocess.run([sys.executable, "-c", child, registering], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.splitlines()[-1])
+
+    assert run("export's") == {"completions": in_process(causal_lm, PROMPTS, 6),
+                               "libraries": ["_sentencepiece_tokenizer.so"], "tensorflow_text imported": False}
+    assert "Op type not registered 'Sentencepiece" in run("none")["error"]
 
 
 def test_concurrent_clients_all_succeed_through_tf_serving_style_batching(batching_text_server):
