@@ -5,8 +5,9 @@ an XLA decode-like loop (the kernel read on each pass, as in the export's decode
         [--log2_blocks 24 22 21 20 19 18] [--json_out FILE]
 
 At more than one row XLA's CPU dot reads a float32 copy of a 16-bit or int8 kernel, made on each call, one block
-at a time; the default shape is the 270M's tied logits table [outputs, inputs]. The float32 row is the same kernel
-stored in float32, read by the dot as it is. Best of 3 timings of 10 passes after a warm one.
+at a time; a float32 kernel (`--dtype float32`) is read as it is, a block at a time too. The default shape is the
+270M's tied logits table [outputs, inputs]. The first row of each row count is the same kernel stored in float32,
+multiplied whole. Best of 3 timings of 10 passes after a warm one.
 """
 
 import argparse
@@ -60,15 +61,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=2, default=[262144, 640], help="[outputs, inputs]")
     parser.add_argument("--rows", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "int8"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "int8", "float32"])
     parser.add_argument("--log2_blocks", type=int, nargs="+", default=[24, 22, 21, 20, 19, 18])
     parser.add_argument("--json_out", default=None)
     args = parser.parse_args()
     weights, float_dtype = kernel(args.shape, args.dtype)
     reference, _ = kernel(args.shape, "float32")
     rows_dtype = tf.bfloat16 if args.dtype == "bfloat16" else tf.float32
-    # A kernel of more than CAST_BLOCK_ELEMENTS weights branches on the rows; the blocks are XLA_CAST_BLOCK_ELEMENTS.
-    quantization.CAST_BLOCK_ELEMENTS = min(quantization.CAST_BLOCK_ELEMENTS, args.shape[0] * args.shape[1] - 1)
+    # A kernel of more than CAST_BLOCK_ELEMENTS weights branches on the rows, to blocks of XLA_CAST_BLOCK_ELEMENTS; one
+    # of at most CAST_BLOCK_ELEMENTS is multiplied whole.
+    in_blocks, whole = min(quantization.CAST_BLOCK_ELEMENTS, args.shape[0] * args.shape[1] - 1), 2**62
     print(f"{cpu()}\n\n| rows | kernel | block (weights) | ms per product |\n|---|---|---|---|")
     results = []
     for count in args.rows:
@@ -76,9 +78,10 @@ def main():
         cases = [("float32", None)] + [(args.dtype, 2**log2) for log2 in args.log2_blocks]
         for dtype, block in cases:
             if block is None:
+                quantization.CAST_BLOCK_ELEMENTS = whole
                 ms = ms_per_pass(reference, None, tf.cast(rows, tf.float32))
             else:
-                quantization.XLA_CAST_BLOCK_ELEMENTS = block
+                quantization.CAST_BLOCK_ELEMENTS, quantization.XLA_CAST_BLOCK_ELEMENTS = in_blocks, block
                 ms = ms_per_pass(weights, float_dtype, rows)
             label = "-" if block is None else f"2^{block.bit_length() - 1}"
             print(f"| {count} | {dtype} | {label} | {ms:.1f} |", flush=True)

@@ -2,7 +2,7 @@
 export as TF Serving's SavedModelBundle does (TensorFlow's session loader), then answering.
 
     .venv/bin/python benchmarks/served_memory.py [--model_path BASE/NAME/VERSION ...] [--score_tokens 2000]
-        [--json_out FILE]
+        [--trim] [--json_out FILE]
 
 Exports the plain float32 model into `--work_dir` unless `--model_path` is given. Each version is measured in its
 own interpreter, which loads only what the local server loads (TensorFlow, and the op libraries the export needs:
@@ -14,6 +14,7 @@ anonymous part (the rest is mapped library and file pages) and the peak so far (
 """
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -27,14 +28,19 @@ from benchmarks.host import cpu, status_gib  # noqa: E402
 GIB = 2**30
 
 
-def measure(path, score_tokens):
+def measure(path, score_tokens, trim):
     """The stages of one version, in this process (which must not have imported TensorFlow yet)."""
     stages = []
 
     def stage(name):
         rss, anonymous, peak = (status_gib(field) for field in ("VmRSS", "RssAnon", "VmHWM"))
-        stages.append({"stage": name, "rss_gib": rss, "anonymous_gib": anonymous, "peak_gib": peak})
-        print(f"  {name:48s} RSS {rss:5.2f} GiB (anonymous {anonymous:5.2f}), peak {peak:5.2f}", file=sys.stderr)
+        row = {"stage": name, "rss_gib": rss, "anonymous_gib": anonymous, "peak_gib": peak}
+        if trim:  # what the heap holds free goes back to the system; what is left is held
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            row["trimmed_gib"] = status_gib("VmRSS")
+        stages.append(row)
+        print(f"  {name:48s} RSS {rss:5.2f} GiB (anonymous {anonymous:5.2f}), peak {peak:5.2f}"
+              + (f", trimmed {row['trimmed_gib']:5.2f}" if trim else ""), file=sys.stderr)
 
     stage("start")
     import numpy as np
@@ -103,10 +109,12 @@ def main():
     parser.add_argument("--work_dir", default="/tmp/gemma3_tf_memory_bench")
     parser.add_argument("--score_tokens", type=int, default=2000)
     parser.add_argument("--json_out", default=None)
+    parser.add_argument("--trim", action="store_true",
+                        help="after each stage, also the RSS once glibc's malloc_trim has handed back the free heap")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # measure one path in this process
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.score_tokens)))
+        print(json.dumps(measure(args.child, args.score_tokens, args.trim)))
         return
     paths = args.model_path
     if paths is None:
@@ -118,9 +126,9 @@ def main():
     results = []
     for path in paths:
         print(path, file=sys.stderr)
-        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", path,
-                                "--score_tokens", str(args.score_tokens)], check=True, stdout=subprocess.PIPE,
-                               text=True)
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", path, "--score_tokens",
+                                str(args.score_tokens)] + (["--trim"] if args.trim else []), check=True,
+                               stdout=subprocess.PIPE, text=True)
         size = graph_size(path)
         print(f"  graph: {size['function_nodes']} function nodes, saved_model.pb {size['saved_model_pb_mib']:.1f} "
               f"MiB; variables {size['variables_gib']:.2f} GiB", file=sys.stderr)

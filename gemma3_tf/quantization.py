@@ -33,9 +33,9 @@ WEIGHT_OPTIONS = ("int8",)
 INT8_LAYERS = ("token_embedding", "ffw_gating", "ffw_gating_2")  # int8 inputs too
 WEIGHT_ONLY_INT8_LAYERS = ("query", "key", "value", "attention_output", "ffw_linear")
 CAST_BLOCK_ELEMENTS = 2**24  # how much of a kernel `kernel_matmul` casts at once where the cast is a copy
-# Under XLA at more than one row, how much of a kernel of more than one CAST_BLOCK_ELEMENTS block is converted at a
-# time (`_in_block_loop`): each block's float32 copy (8 MiB) stays in cache from the conversion that writes it to
-# the dot that reads it. The bfloat16 270M's logits at 8 rows, in blocks of 2^24 / 2^22 / 2^21 / 2^20: 60.6 / 38.8 /
+# Under XLA at more than one row, how much of a kernel of more than one CAST_BLOCK_ELEMENTS block is multiplied (and
+# converted) at a time (`_in_block_loop`): each block's float32 copy (8 MiB) stays in cache from the conversion that
+# writes it to the dot that reads it. The bfloat16 270M's logits at 8 rows, in blocks of 2^24 / 2^22 / 2^21 / 2^20: 60.6 / 38.8 /
 # 40.2 / 50.3 ms, float32's own dot 58.5 (`benchmarks/cast_blocks.py --rows 8`, 2-core AMD EPYC, avx512_bf16).
 XLA_CAST_BLOCK_ELEMENTS = 2**21
 
@@ -124,15 +124,18 @@ def kernel_matmul(kernel, rows, float_dtype=None):
     `XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true` and the TensorFlow profiler give such per-fusion times).
     """
     import tensorflow as tf
-    if _under_xla.get() and (float_dtype or kernel.dtype) != tf.float32:
-        rows = _unfused(rows)
+    if _under_xla.get():
+        if (float_dtype or kernel.dtype) != tf.float32:
+            rows = _unfused(rows)
         # One block: no branch (one per weight-only int8 kernel took 0.15-0.2 GiB more in the server).
         if _blocks(kernel, CAST_BLOCK_ELEMENTS) == 1:
             return _in_blocks(kernel, rows, float_dtype, block_elements=None)
-        # One row: XLA's own matrix-vector dot, which converts the kernel as it reads it. More rows: a library dot
-        # on a converted copy of the kernel, made on each call: whole, the bfloat16 logits table's was a 640 MiB
-        # float32 temporary, which the server then kept (+0.7 GiB at its first 2-row request); now a block at a
-        # time. XLA knows the rows, and keeps one branch.
+        # One row: XLA's own matrix-vector dot, which converts a kernel as it reads it. More rows: a library dot,
+        # a block at a time (`_in_block_loop`). A 16-bit or int8 kernel is converted for it, on each call: whole, the
+        # bfloat16 logits table's copy was a 640 MiB float32 temporary, which the server then kept (+0.7 GiB at its
+        # first 2-row request). A float32 one is read as it is, and faster so too: the 270M's logits at 2 / 4 / 8
+        # rows took 41.9 / 48.2 / 55.1 ms whole, 30.9 / 32.9 / 36.7 in blocks of 2^21 (2-core AMD EPYC). XLA knows
+        # the rows, and keeps one branch.
         return tf.cond(tf.shape(rows)[0] > 1, lambda: _in_block_loop(kernel, rows, float_dtype),
                        lambda: _in_blocks(kernel, rows, float_dtype, block_elements=None))
     # Without XLA a cast is a copy of the kernel, made on each call: cast whole, the 270M's int8 logits table was a

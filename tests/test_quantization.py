@@ -135,29 +135,34 @@ def test_without_xla_a_kernel_is_cast_for_its_matmul_a_block_at_a_time(monkeypat
 
 
 @pytest.mark.parametrize("rows_count", [1, 3])
-def test_under_xla_a_bfloat16_kernel_is_converted_a_block_at_a_time_at_more_than_one_row(monkeypatch, rows_count):
-    """At more than one row XLA's dot reads a float32 copy of a bfloat16 kernel, made on each call: whole, the 270M's
-    logits table's was a 640 MiB temporary that the server kept; in blocks of CAST_BLOCK_ELEMENTS, each block's copy
-    left the cache. So a loop converts XLA_CAST_BLOCK_ELEMENTS at a time. At one row XLA's matrix-vector dot converts
-    the kernel as it reads it: no copy, so no blocks."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_under_xla_a_large_kernel_is_multiplied_a_block_at_a_time_at_more_than_one_row(monkeypatch, dtype, rows_count):
+    """At more than one row XLA's dot is a library call. It reads a float32 copy of a bfloat16 kernel, made on each
+    call: whole, the 270M's logits table's was a 640 MiB temporary that the server kept; in blocks of
+    CAST_BLOCK_ELEMENTS, each block's copy left the cache. So a loop converts XLA_CAST_BLOCK_ELEMENTS at a time, and
+    multiplies a float32 kernel so too (faster than whole). At one row XLA's matrix-vector dot reads the kernel (and
+    converts it) as it goes: no copy, so no blocks."""
     monkeypatch.setattr(quantization, "CAST_BLOCK_ELEMENTS", 1000)  # the kernel is more than one such block
     monkeypatch.setattr(quantization, "XLA_CAST_BLOCK_ELEMENTS", 500)
     rng = np.random.default_rng(5)
-    kernel = tf.Variable(serving_copy(tf.constant(rng.normal(size=(250, 24)), tf.bfloat16)))
+    weights = tf.constant(rng.normal(size=(250, 24)), dtype)
+    kernel = tf.Variable(serving_copy(weights))
     rows = tf.constant(rng.normal(size=(rows_count, 24)), tf.float32)
 
     def product(rows):
         with compiled_by_xla():
-            return kernel_matmul(kernel, rows, tf.bfloat16)
+            return kernel_matmul(kernel, rows, tf.bfloat16 if dtype == "bfloat16" else None)
     compiled = tf.function(product, jit_compile=True)
     hlo = compiled.experimental_get_compiler_ir(rows)(stage="optimized_hlo")
-    # Copies made: converts that are a fusion's result or stand alone, not those read inside a dot's fusion.
+    # The blocks: bfloat16 ones converted, by converts that are a fusion's result or stand alone (not those read
+    # inside a dot's fusion); float32 ones sliced.
     made = "\n".join(computation if computation.lstrip().startswith("ENTRY") else
                       next(line for line in computation.splitlines() if "ROOT" in line)
                       for computation in hlo.split("\n\n") if "ROOT" in computation)
-    copies = sorted(set(re.findall(r"= f32\[(\d+),24\]\{1,0\} convert\(", made)))
-    assert copies == ([] if rows_count == 1 else ["10", "20"]), copies  # 12 blocks of 20 rows in a loop, then 10
-    expected = rows.numpy() @ tf.cast(tf.bitcast(kernel, tf.bfloat16), tf.float32).numpy().T
+    block = "convert" if dtype == "bfloat16" else "(?:dynamic-)?slice"
+    blocks = sorted(set(re.findall(rf"= f32\[(\d+),24\]\{{1,0\}} {block}\(", made)))
+    assert blocks == ([] if rows_count == 1 else ["10", "20"]), blocks  # 12 blocks of 20 rows in a loop, then 10
+    expected = rows.numpy() @ tf.cast(weights, tf.float32).numpy().T
     np.testing.assert_allclose(compiled(rows), expected, rtol=1e-5, atol=1e-4)
 
 
