@@ -1,5 +1,6 @@
 """Int8: Keras' own int8 quantization (`Model.quantize`: int8 weights with one scale per output channel), the int8
-matmuls an export runs, and how XLA is kept reading int8 and bfloat16 weights at their own size.
+matmuls an export runs, how XLA is kept reading int8 and bfloat16 weights at their own size, and how a large kernel
+is multiplied a block at a time where that is faster (`kernel_matmul`).
 
 Two forms, by layer:
 - The tied logits and the feedforward gates (INT8_LAYERS) also quantize each row of their inputs to int8 on the
@@ -134,8 +135,8 @@ def kernel_matmul(kernel, rows, float_dtype=None):
         # a block at a time (`_in_block_loop`). A 16-bit or int8 kernel is converted for it, on each call: whole, the
         # bfloat16 logits table's copy was a 640 MiB float32 temporary, which the server then kept (+0.7 GiB at its
         # first 2-row request). A float32 one is read as it is, and faster so too: the 270M's logits at 2 / 4 / 8
-        # rows took 41.9 / 48.2 / 55.1 ms whole, 30.9 / 32.9 / 36.7 in blocks of 2^21 (2-core AMD EPYC). XLA knows
-        # the rows, and keeps one branch.
+        # rows took 42.9 / 51.1 / 58.1 ms whole, 33.6 / 32.5 / 35.6 in blocks of 2^21 (`benchmarks/cast_blocks.py
+        # --dtype float32`, 2-core AMD EPYC). XLA knows the rows, and keeps one branch.
         return tf.cond(tf.shape(rows)[0] > 1, lambda: _in_block_loop(kernel, rows, float_dtype),
                        lambda: _in_blocks(kernel, rows, float_dtype, block_elements=None))
     # Without XLA a cast is a copy of the kernel, made on each call: cast whole, the 270M's int8 logits table was a
