@@ -36,8 +36,9 @@ WEIGHT_ONLY_INT8_LAYERS = ("query", "key", "value", "attention_output", "ffw_lin
 CAST_BLOCK_ELEMENTS = 2**24  # how much of a kernel `kernel_matmul` casts at once where the cast is a copy
 # Under XLA at more than one row, how much of a kernel of more than one CAST_BLOCK_ELEMENTS block is multiplied (and
 # converted) at a time (`_in_block_loop`): each block's float32 copy (8 MiB) stays in cache from the conversion that
-# writes it to the dot that reads it. The bfloat16 270M's logits at 8 rows, in blocks of 2^24 / 2^22 / 2^21 / 2^20: 60.6 / 38.8 /
-# 40.2 / 50.3 ms, float32's own dot 58.5 (`benchmarks/cast_blocks.py --rows 8`, 2-core AMD EPYC, avx512_bf16).
+# writes it to the dot that reads it. The bfloat16 270M's logits at 8 rows, in blocks of 2^24 / 2^22 / 2^21 / 2^20:
+# 60.6 / 38.8 / 40.2 / 50.3 ms, float32's own dot 58.5 (`benchmarks/cast_blocks.py --rows 8`, 2-core AMD EPYC,
+# avx512_bf16).
 XLA_CAST_BLOCK_ELEMENTS = 2**21
 
 _under_xla = contextvars.ContextVar("under_xla", default=False)
