@@ -159,8 +159,8 @@ def _in_blocks(kernel, rows, float_dtype, block_elements):
 
 
 def _in_block_loop(kernel, rows, float_dtype):
-    """Under XLA: (W @ x^T)^T, the kernel read and converted XLA_CAST_BLOCK_ELEMENTS weights at a time in a loop.
-    A loop runs its blocks one after another, so one block's copy exists at a time (unrolled and independent, XLA's
+    """Under XLA: (W @ x^T)^T, the kernel read (and, unless float32, converted) XLA_CAST_BLOCK_ELEMENTS weights at a
+    time in a loop. A loop runs its blocks one after another, so one block's copy exists at a time (unrolled and independent, XLA's
     concurrency-optimized scheduler converted all blocks at once), and the graph holds one block's ops however many
     there are (160 unrolled blocks of 2^20 held the bfloat16 270M's server at 4.17 GiB after its warmup, this loop
     at 3.33; `benchmarks/served_memory.py`)."""
