@@ -8,6 +8,7 @@ virtualenv that the first run creates (about 1.5 minutes from PyPI) and later ru
 
 import base64
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -30,12 +31,26 @@ def tf_2_20_python():
     stamp = VENV / ".installed"
     wanted = "".join((REQUIREMENTS / name).read_text() for name in ("requirements.txt", "no-deps.txt"))
     if not stamp.exists() or stamp.read_text() != wanted:
-        pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        subprocess.run(pip + ["-r", str(REQUIREMENTS / "requirements.txt")], check=True, timeout=1200)
-        subprocess.run(pip + ["--no-deps", "-r", str(REQUIREMENTS / "no-deps.txt")], check=True, timeout=600)
+        pip_install("-r", str(REQUIREMENTS / "requirements.txt"))
+        pip_install("--no-deps", "-r", str(REQUIREMENTS / "no-deps.txt"))
         stamp.write_text(wanted)
     return str(VENV / "bin" / "python")
+
+
+def pip_install(*args, attempts=2):
+    """pip install into VENV; a second attempt after a failure (a download cut off). On failure, pip's own error
+    lines: a machine whose pip config names missing find-links folders prints a warning per package, which buried
+    the error itself past the end of a CI log."""
+    command = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args]
+    for _ in range(attempts):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+        if result.returncode == 0:
+            return
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "is ignored: it is neither" not in line]
+    free = shutil.disk_usage(VENV).free / 2**30
+    pytest.fail(f"{' '.join(command)} failed ({free:.1f} GiB free on its disk):\n" + "\n".join(lines[-40:]),
+                pytrace=False)
 
 
 def test_text_export_loads_warms_up_and_generates_under_tf_2_20(tf_2_20_python, tiny_text_savedmodel):
