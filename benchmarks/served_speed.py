@@ -5,27 +5,33 @@ at batch 1 and 8, with the server's memory.
     .venv/bin/python benchmarks/served_speed.py [--options float32 float32_xla bfloat16_xla int8_xla]
         [--batch 1 8] [--in_process ours keras_hub llama_cpp] [--work_dir DIR] [--json_out FILE]
 
-Each option is exported once into `--work_dir` (`gemma3-tf export` with its flags, OPTIONS) and reused on
-later runs. For each, the server runs as its own process with batching on, as in production, and this
-process sends it requests of `--batch` greedy rows: decode tokens/s per row = 64 / (time of a request for 72
-new tokens - time for 8), the best of `--repeats`, as issue 21 measures it; every row must run all 72 (a row
-that stops sooner fails the run: the slope would be wrong). Server memory: its RSS once loaded and warmed
-up, and its peak RSS (VmHWM) after answering every request. The in-process rows come from
-benchmarks/generate.py in a subprocess (decode slope between 8 and 40 new tokens, 16-token prompt).
+Each option is exported into `--work_dir` (`gemma3-tf export` with its flags, OPTIONS) and reused by later runs
+until the code under gemma3_tf/ changes. Each option's server runs as its own process with batching on, as in
+production, all at once, and this process sends them requests of `--batch` greedy rows, round by round: decode
+tokens/s per row = 64 / (time of a request for 72 new tokens - time for 8), the best of `--repeats` rounds, as
+issue 21 measures it; every row must run all 72 (a row that stops sooner fails the run: the slope would be wrong).
+Server memory: its RSS once loaded and warmed up, and its peak RSS (VmHWM) after answering every request. The
+in-process rows come from benchmarks/generate.py in a subprocess (decode slope between 8 and 40 new tokens,
+16-token prompt).
 Ratios: each option's rate over the in-process `ours` and `keras_hub` rates of the same batch size, and
 bfloat16's and int8's over the served float32 export of the same XLA setting.
 """
 
 import argparse
+import glob
+import hashlib
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from benchmarks.host import cpu, status_gib  # noqa: E402
 from benchmarks.serving import _command, start_server  # noqa: E402
@@ -44,24 +50,38 @@ SHORT, LONG = 8, 72
 
 
 def export(work_dir, option, preset):
+    """BASE of the option's export, made again where the code that wrote it or its flags changed."""
     base = os.path.join(work_dir, f"gemma3_{option}")
-    if not os.path.exists(os.path.join(base, "1", "saved_model.pb")):
+    made_by = hashlib.sha256(" ".join([preset, *OPTIONS[option]]).encode())
+    for source in sorted(glob.glob(os.path.join(REPO, "gemma3_tf", "**", "*.py"), recursive=True)):
+        with open(source, "rb") as file:
+            made_by.update(file.read())
+    stamp = os.path.join(base, "made_by.sha256")
+    if not os.path.exists(stamp) or pathlib.Path(stamp).read_text() != made_by.hexdigest():
+        shutil.rmtree(base, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "gemma3_tf.cli", "export", "--preset", preset, "--model_base_path",
                         base, "--version", "1", *OPTIONS[option]], check=True)
+        pathlib.Path(stamp).write_text(made_by.hexdigest())
     return base
 
 
-def served_rows(base, batches, repeats):
-    """{batch: decode tokens/s per row}, and the server's RSS after warmup and its peak, in GiB."""
+def served_rows(bases, batches, repeats):
+    """{option: ({batch: decode tokens/s per row}, server RSS after warmup GiB, its peak GiB)}.
+
+    Every option's server is up at once and the requests go round by round (each round: every option, every
+    batch), so that a slow stretch of a shared host falls on every option alike rather than on the one whose turn
+    it was (runs minutes apart on a 2-core cloud host differed by up to a third).
+    """
     from serving.client import RestClient
 
-    name = os.path.basename(base)
-    server, _, rest_port = start_server(base, name)
+    servers = {}
     try:
-        client = RestClient(f"http://localhost:{rest_port}", name, timeout=1200)
-        loaded_gib = status_gib("VmRSS", server.pid)
+        for option, base in bases.items():
+            server, _, rest_port = start_server(base, os.path.basename(base))
+            client = RestClient(f"http://localhost:{rest_port}", os.path.basename(base), timeout=1200)
+            servers[option] = server, client, status_gib("VmRSS", server.pid)
 
-        def seconds(batch, new_tokens):
+        def seconds(client, batch, new_tokens):
             prompts = [PROMPTS[index % len(PROMPTS)] for index in range(batch)]
             start = time.perf_counter()
             counts = [row["num_tokens"] for row in client.generate(prompts, max_new_tokens=new_tokens)]
@@ -70,16 +90,23 @@ def served_rows(base, batches, repeats):
                 raise SystemExit(f"a prompt stopped before {new_tokens} tokens ({counts}): pick another")
             return elapsed
 
-        rates = {}
-        for batch in batches:
-            seconds(batch, SHORT), seconds(batch, LONG)  # the first call of each shape
-            short = min(seconds(batch, SHORT) for _ in range(repeats))
-            long = min(seconds(batch, LONG) for _ in range(repeats))
-            rates[batch] = (LONG - SHORT) / (long - short)
-        return rates, loaded_gib, status_gib("VmHWM", server.pid)
+        for _, client, _ in servers.values():
+            for batch in batches:
+                seconds(client, batch, SHORT), seconds(client, batch, LONG)  # the first call of each shape
+        best = {}
+        for _ in range(repeats):
+            for option, (_, client, _) in servers.items():
+                for batch in batches:
+                    for tokens in (SHORT, LONG):
+                        best[option, batch, tokens] = min(best.get((option, batch, tokens), float("inf")),
+                                                          seconds(client, batch, tokens))
+        return {option: ({batch: (LONG - SHORT) / (best[option, batch, LONG] - best[option, batch, SHORT])
+                          for batch in batches}, loaded_gib, status_gib("VmHWM", server.pid))
+                for option, (server, _, loaded_gib) in servers.items()}
     finally:
-        server.terminate()
-        server.wait(60)
+        for server, _, _ in servers.values():
+            server.terminate()
+            server.wait(60)
 
 
 def in_process_rows(impls, batches):
@@ -110,9 +137,9 @@ def main():
     if max(args.batch) > len(PROMPTS):
         parser.error(f"--batch: at most {len(PROMPTS)} (one prompt per row)")
 
+    bases = {option: export(args.work_dir, option, args.preset) for option in args.options}
     results = []
-    for option in args.options:
-        rates, loaded_gib, peak_gib = served_rows(export(args.work_dir, option, args.preset), args.batch, args.repeats)
+    for option, (rates, loaded_gib, peak_gib) in served_rows(bases, args.batch, args.repeats).items():
         results += [{"what": f"served {option}", "batch": batch, "decode_tok_s_per_row": rate,
                      "server_rss_loaded_gib": loaded_gib, "server_peak_rss_gib": peak_gib}
                     for batch, rate in rates.items()]

@@ -95,12 +95,18 @@ def int8_matmul(kernel, kernel_scale, rows):
         # One row: a matrix-vector dot that XLA emits itself, converting the kernel inside (`read_per_call` keeps
         # that in a decode loop). More rows: a library call that reads the int8 kernel as it is, where
         # `read_per_call` would only copy the kernel on every call (the logits at 8 rows: 9.9 ms a step, 2-core
-        # AVX512 EPYC). XLA knows the rows, and keeps one branch.
-        product = tf.cond(
-            tf.shape(quantized)[0] > 1,
-            lambda: tf.linalg.matmul(quantized, kernel, transpose_b=True, output_type=tf.int32),
-            lambda: tf.transpose(tf.linalg.matmul(read_per_call(kernel, quantized), quantized, transpose_b=True,
-                                                  output_type=tf.int32)))
+        # AVX512 EPYC); a kernel of more than one CAST_BLOCK_ELEMENTS block a block at a time (`_in_block_loop`),
+        # which is faster: the 270M's logits at 2 / 4 / 8 rows took 13.1 / 15.8 / 18.8 ms whole, 12.3 / 15.6 / 16.3
+        # in blocks of 2^21 (`benchmarks/cast_blocks.py --dtype int8 --quantized_rows`, 2-core AMD EPYC). XLA knows
+        # the rows, and keeps one branch.
+        def int8_product(part):
+            return tf.linalg.matmul(part, quantized, transpose_b=True, output_type=tf.int32)
+        if _blocks(kernel, CAST_BLOCK_ELEMENTS) == 1:
+            rows_product = lambda: tf.linalg.matmul(quantized, kernel, transpose_b=True, output_type=tf.int32)
+        else:
+            rows_product = lambda: _in_block_loop(kernel, int8_product, tf.int32)
+        product = tf.cond(tf.shape(quantized)[0] > 1, rows_product,
+                          lambda: tf.transpose(int8_product(read_per_call(kernel, quantized))))
     else:  # integers below 2**24 in magnitude (|products| <= 127 * 127), summed in float
         product = kernel_matmul(kernel, tf.cast(quantized, rows.dtype))
     return tf.cast(product, rows.dtype) / (rows_scale * tf.cast(kernel_scale, rows.dtype))
@@ -129,16 +135,18 @@ def kernel_matmul(kernel, rows, float_dtype=None):
     if _under_xla.get():
         if (float_dtype or kernel.dtype) != tf.float32:
             rows = _unfused(rows)
-        # One block: no branch (one per weight-only int8 kernel took 0.15-0.2 GiB more in the server).
-        if _blocks(kernel, CAST_BLOCK_ELEMENTS) == 1:
+        # A float32 kernel, or one of one block: no branch (one per weight-only int8 kernel took 0.15-0.2 GiB more
+        # in the server). A float32 one is read as it is, at any size: the 270M's logits at 2 / 4 / 8 rows took 30 /
+        # 31 / 33 ms whole (as W @ x^T, `_product`), 39 / 36 / 49 in blocks of 2^21 (`benchmarks/cast_blocks.py
+        # --dtype float32`, 2-core AMD EPYC).
+        if (float_dtype or kernel.dtype) == tf.float32 or _blocks(kernel, CAST_BLOCK_ELEMENTS) == 1:
             return _in_blocks(kernel, rows, float_dtype, block_elements=None)
-        # One row: XLA's own matrix-vector dot, which converts a kernel as it reads it. More rows: a library dot,
-        # a block at a time (`_in_block_loop`). A 16-bit or int8 kernel is converted for it, on each call: whole, the
-        # bfloat16 logits table's copy was a 640 MiB float32 temporary, which the server then kept (+0.7 GiB at its
-        # first 2-row request). A float32 one is read as it is, and faster so too: the 270M's logits at 2 / 4 / 8
-        # rows took 42.9 / 51.1 / 58.1 ms whole, 33.6 / 32.5 / 35.6 in blocks of 2^21 (`benchmarks/cast_blocks.py
-        # --dtype float32`, 2-core AMD EPYC). XLA knows the rows, and keeps one branch.
-        return tf.cond(tf.shape(rows)[0] > 1, lambda: _in_block_loop(kernel, rows, float_dtype),
+        # One row: XLA's own matrix-vector dot, which converts a kernel as it reads it. More rows: a library dot on
+        # a float32 copy of the kernel, made on each call, so a block at a time (`_in_block_loop`): whole, the
+        # bfloat16 logits table's copy was a 640 MiB temporary, which the server then kept (+0.7 GiB at its first
+        # 2-row request). XLA knows the rows, and keeps one branch.
+        return tf.cond(tf.shape(rows)[0] > 1,
+                       lambda: _in_block_loop(kernel, lambda part: _product(part, rows, float_dtype), rows.dtype),
                        lambda: _in_blocks(kernel, rows, float_dtype, block_elements=None))
     # Without XLA a cast is a copy of the kernel, made on each call: cast whole, the 270M's int8 logits table was a
     # 671 MB float32 temporary, which oneDNN's allocator (TensorFlow's CPU allocator where oneDNN is on) then kept:
@@ -158,34 +166,41 @@ def _in_blocks(kernel, rows, float_dtype, block_elements):
     return tf.transpose(tf.concat(products, axis=0) if len(products) > 1 else products[0])
 
 
-def _in_block_loop(kernel, rows, float_dtype):
-    """Under XLA: (W @ x^T)^T, the kernel read (and, unless float32, converted) XLA_CAST_BLOCK_ELEMENTS weights at a
-    time in a loop. A loop runs its blocks one after another, so one block's copy exists at a time (unrolled and independent, XLA's
-    concurrency-optimized scheduler converted all blocks at once), and the graph holds one block's ops however many
-    there are (160 unrolled blocks of 2^20 held the bfloat16 270M's server at 4.17 GiB after its warmup, this loop
-    at 3.33; `benchmarks/served_memory.py`)."""
+def _in_block_loop(kernel, product, dtype):
+    """Under XLA: (W @ x^T)^T as `dtype`, W @ x^T computed `product(block)` for XLA_CAST_BLOCK_ELEMENTS weights of
+    the kernel at a time, in a loop. A loop runs its blocks one after another, so one block's copy (a 16-bit or
+    weight-only int8 kernel's, converted) exists at a time (unrolled and independent, XLA's concurrency-optimized
+    scheduler converted all blocks at once), and the graph holds one block's ops however many there are (160
+    unrolled blocks of 2^20 held the bfloat16 270M's server at 4.17 GiB after its warmup, this loop at 3.33;
+    `benchmarks/served_memory.py`)."""
     import tensorflow as tf
     kernel = tf.convert_to_tensor(kernel)
     outputs, contracted = kernel.shape
     size = max(1, min(outputs, XLA_CAST_BLOCK_ELEMENTS // contracted))
     loops = outputs // size
 
-    def product(start, size):
-        return _product(tf.slice(kernel, [start, 0], [size, contracted]), rows, float_dtype)
+    def block(start, size):
+        return product(tf.slice(kernel, [start, 0], [size, contracted]))
 
     def body(i, products):
-        return i + 1, products.write(i, product(i * size, size))
-    products = tf.while_loop(lambda i, _: i < loops, body, (0, tf.TensorArray(rows.dtype, size=loops)))[1]
+        return i + 1, products.write(i, block(i * size, size))
+    products = tf.while_loop(lambda i, _: i < loops, body, (0, tf.TensorArray(dtype, size=loops)))[1]
     products = [tf.reshape(products.stack(), [loops * size, -1])]
     if outputs % size:
-        products.append(product(loops * size, outputs % size))
+        products.append(block(loops * size, outputs % size))
     return tf.transpose(tf.concat(products, axis=0))
 
 
 def _product(part, rows, float_dtype):
-    """W @ x^T for a slice `part` of a kernel, read (`read_per_call`) and cast to the rows' dtype."""
+    """W @ x^T for a slice `part` of a kernel, read (`read_per_call`) and cast to the rows' dtype.
+
+    Under XLA the product goes out through `_unfused`: else XLA folds the transpose that follows it into the dot,
+    as x @ W^T, whose library call at more than one row took 1.7x as long (the 270M's 126 decoder projections,
+    float32, at 8 rows: 48 against 28 ms; weight-only int8 31 against 21; at 1 row the same; 2-core AMD EPYC).
+    """
     import tensorflow as tf
-    return tf.matmul(tf.cast(read_per_call(part, rows, float_dtype), rows.dtype), rows, transpose_b=True)
+    product = tf.matmul(tf.cast(read_per_call(part, rows, float_dtype), rows.dtype), rows, transpose_b=True)
+    return _unfused(product) if _under_xla.get() else product
 
 
 def _blocks(kernel, block_elements):
@@ -194,9 +209,10 @@ def _blocks(kernel, block_elements):
 
 
 def _unfused(tensor):
-    """`tensor` (int8 within +-127, or float), through a reduce: XLA's CPU compiler fuses elementwise producers
-    (here the quantization) into a matrix-vector dot and emits the fusion as a loop, 3x slower than the dot alone
-    (the logits matvec: 30 against 9.0 ms); a reduce is not fused."""
+    """`tensor` (int8 within +-127, or float), through a reduce, which XLA neither fuses into a dot nor rewrites
+    with one: XLA's CPU compiler fuses elementwise producers (the quantization) into a matrix-vector dot and emits
+    the fusion as a loop, 3x slower than the dot alone (the logits matvec: 30 against 9.0 ms), and folds a transpose
+    of a dot's result into the dot (`_product`)."""
     import tensorflow as tf
     lowest = -127 if tensor.dtype == tf.int8 else tensor.dtype.min
     return tf.reduce_max(tf.stack([tensor, tf.fill(tf.shape(tensor), tf.constant(lowest, tensor.dtype))]), axis=0)

@@ -135,13 +135,13 @@ def test_without_xla_a_kernel_is_cast_for_its_matmul_a_block_at_a_time(monkeypat
 
 
 @pytest.mark.parametrize("rows_count", [1, 3])
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_under_xla_a_large_kernel_is_multiplied_a_block_at_a_time_at_more_than_one_row(monkeypatch, dtype, rows_count):
+def test_under_xla_a_large_16_bit_kernel_is_multiplied_a_block_at_a_time_at_more_than_one_row(monkeypatch,
+                                                                                              rows_count):
     """At more than one row XLA's dot is a library call. It reads a float32 copy of a bfloat16 kernel, made on each
     call: whole, the 270M's logits table's was a 640 MiB temporary that the server kept; in blocks of
-    CAST_BLOCK_ELEMENTS, each block's copy left the cache. So a loop converts XLA_CAST_BLOCK_ELEMENTS at a time, and
-    multiplies a float32 kernel so too (faster than whole). At one row XLA's matrix-vector dot reads the kernel (and
-    converts it) as it goes: no copy, so no blocks."""
+    CAST_BLOCK_ELEMENTS, each block's copy left the cache. So a loop converts XLA_CAST_BLOCK_ELEMENTS at a time. At
+    one row XLA's matrix-vector dot reads the kernel (and converts it) as it goes: no copy, so no blocks."""
+    dtype = "bfloat16"
     monkeypatch.setattr(quantization, "CAST_BLOCK_ELEMENTS", 1000)  # the kernel is more than one such block
     monkeypatch.setattr(quantization, "XLA_CAST_BLOCK_ELEMENTS", 500)
     rng = np.random.default_rng(5)
@@ -154,16 +154,64 @@ def test_under_xla_a_large_kernel_is_multiplied_a_block_at_a_time_at_more_than_o
             return kernel_matmul(kernel, rows, tf.bfloat16 if dtype == "bfloat16" else None)
     compiled = tf.function(product, jit_compile=True)
     hlo = compiled.experimental_get_compiler_ir(rows)(stage="optimized_hlo")
-    # The blocks: bfloat16 ones converted, by converts that are a fusion's result or stand alone (not those read
-    # inside a dot's fusion); float32 ones sliced.
+    # The blocks, converted by converts that are a fusion's result or stand alone (not those read inside a dot's
+    # fusion).
     made = "\n".join(computation if computation.lstrip().startswith("ENTRY") else
                       next(line for line in computation.splitlines() if "ROOT" in line)
                       for computation in hlo.split("\n\n") if "ROOT" in computation)
-    block = "convert" if dtype == "bfloat16" else "(?:dynamic-)?slice"
-    blocks = sorted(set(re.findall(rf"= f32\[(\d+),24\]\{{1,0\}} {block}\(", made)))
+    blocks = sorted(set(re.findall(r"= f32\[(\d+),24\]\{1,0\} convert\(", made)))
     assert blocks == ([] if rows_count == 1 else ["10", "20"]), blocks  # 12 blocks of 20 rows in a loop, then 10
     expected = rows.numpy() @ tf.cast(weights, tf.float32).numpy().T
     np.testing.assert_allclose(compiled(rows), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_under_xla_the_kernel_is_the_dots_left_operand_and_a_float32_one_is_not_cut_in_blocks(monkeypatch, dtype):
+    """(W @ x^T)^T stays so under XLA: folded into the dot, the transpose made it x @ W^T, whose library call took
+    1.7x as long at 8 rows (the 270M's decoder projections, float32 and weight-only int8). So multiplied, a float32
+    kernel is faster whole than in blocks (the 270M's logits at 8 rows: 33 against 46 ms)."""
+    monkeypatch.setattr(quantization, "CAST_BLOCK_ELEMENTS", 1000)  # the kernel is more than one such block
+    monkeypatch.setattr(quantization, "XLA_CAST_BLOCK_ELEMENTS", 500)
+    rng = np.random.default_rng(7)
+    kernel = tf.Variable(tf.constant(rng.integers(-127, 128, (48, 24)) / 100, dtype))
+    rows = tf.constant(rng.normal(size=(3, 24)), tf.float32)
+
+    def product(rows):
+        with compiled_by_xla():
+            return kernel_matmul(kernel, rows)
+    compiled = tf.function(product, jit_compile=True)
+    hlo = compiled.experimental_get_compiler_ir(rows)(stage="optimized_hlo")
+    dots = re.findall(r"= f32\[(\d+),(\d+)\]\{1,0\} dot\(", hlo)
+    # Each dot [outputs, rows]: the float32 kernel whole, the int8 one converted in blocks of 20 outputs, then 8.
+    assert sorted(set(dots)) == ([("48", "3")] if dtype == "float32" else [("20", "3"), ("8", "3")]), dots
+    np.testing.assert_allclose(compiled(rows), rows.numpy() @ tf.cast(kernel, tf.float32).numpy().T, rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("rows_count", [1, 3])
+def test_under_xla_a_large_int8_kernel_times_int8_rows_is_a_block_at_a_time_at_more_than_one_row(monkeypatch,
+                                                                                                rows_count):
+    """Keras' int8 (the 270M's logits table): at more than one row XLA's int8 x int8 dot is a library call, faster
+    a block of XLA_CAST_BLOCK_ELEMENTS weights at a time than whole; at one row XLA's own matrix-vector dot."""
+    monkeypatch.setattr(quantization, "CAST_BLOCK_ELEMENTS", 1000)  # the kernel is more than one such block
+    monkeypatch.setattr(quantization, "XLA_CAST_BLOCK_ELEMENTS", 500)
+    rng = np.random.default_rng(6)
+    kernel = tf.Variable(tf.constant(rng.integers(-127, 128, (250, 24)), tf.int8))
+    kernel_scale = tf.constant(rng.uniform(50, 100, 250), tf.float32)
+    rows = tf.constant(rng.normal(size=(rows_count, 24)), tf.float32)
+
+    def product(rows):
+        with compiled_by_xla():
+            return int8_matmul(kernel, kernel_scale, rows)
+    compiled = tf.function(product, jit_compile=True)
+    hlo = compiled.experimental_get_compiler_ir(rows)(stage="optimized_hlo")
+    made = "\n".join(computation if computation.lstrip().startswith("ENTRY") else
+                      next(line for line in computation.splitlines() if "ROOT" in line)
+                      for computation in hlo.split("\n\n") if "ROOT" in computation)
+    blocks = sorted(set(re.findall(r"= s8\[(\d+),24\]\{1,0\} (?:dynamic-)?slice\(", made)))
+    assert blocks == ([] if rows_count == 1 else ["10", "20"]), blocks  # 12 blocks of 20 rows in a loop, then 10
+    # Without XLA the int8 products are summed in float32 (exact: below 2**24), from the same quantized rows.
+    np.testing.assert_allclose(compiled(rows), int8_matmul(kernel, kernel_scale, rows), rtol=1e-6)
 
 
 def test_the_exports_bfloat16_table_is_gathered_from_its_value_so_reading_it_copies_nothing(tiny_proto):
