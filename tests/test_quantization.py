@@ -59,6 +59,23 @@ def test_int8_logits_equal_keras_int8_call_with_and_without_compiled_by_xla_and_
     assert (ours.argmax(-1) == reference.argmax(-1)).mean() >= 0.9
 
 
+def xla_compiled(function, *args):
+    """`function` traced under `compiled_by_xla` and compiled by XLA, and its optimized HLO for `args`."""
+    def traced(*args):
+        with compiled_by_xla():
+            return function(*args)
+    compiled = tf.function(traced, jit_compile=True)
+    return compiled, compiled.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
+
+
+def made_by(hlo):
+    """The instructions that make a buffer: the entry computation's, and the result of each fused one (not what a
+    fusion reads inside itself)."""
+    return "\n".join(computation if computation.lstrip().startswith("ENTRY") else
+                     next(line for line in computation.splitlines() if "ROOT" in line)
+                     for computation in hlo.split("\n\n") if "ROOT" in computation)
+
+
 @pytest.mark.parametrize("rows", [1, 8])
 def test_xla_runs_the_int8_matmul_as_an_integer_dot_apart_from_the_quantization(rows):
     """The speed conditions of `int8_matmul`, checked on the code XLA emits: one dot of int8 operands into int32,
@@ -69,11 +86,7 @@ def test_xla_runs_the_int8_matmul_as_an_integer_dot_apart_from_the_quantization(
     scale = tf.constant(rng.uniform(10, 20, 512), tf.float32)
     x = tf.constant(rng.normal(size=(rows, 64)), tf.float32)
 
-    def matmul(x):
-        with compiled_by_xla():
-            return int8_matmul(kernel, scale, x)
-    compiled = tf.function(matmul, jit_compile=True)
-    hlo = compiled.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    compiled, hlo = xla_compiled(lambda x: int8_matmul(kernel, scale, x), x)
     computations = hlo.split("\n\n")
     with_dot = [computation for computation in computations if " dot(" in computation]
     assert len(with_dot) == 1 and "s32[" in with_dot[0].split(" dot(")[0].splitlines()[-1], hlo
@@ -110,10 +123,8 @@ def test_xla_gives_a_converting_dot_its_rows_as_one_vector():
     probs, values = tf.constant(rng.normal(size=(4, 8)), tf.float32), tf.constant(rng.normal(size=(8, 16)), tf.float32)
 
     def project(probs, values):
-        with compiled_by_xla():
-            return kernel_matmul(kernel, tf.reshape(tf.matmul(probs, values), (1, 64)))
-    compiled = tf.function(project, jit_compile=True)
-    hlo = compiled.experimental_get_compiler_ir(probs, values)(stage="optimized_hlo")
+        return kernel_matmul(kernel, tf.reshape(tf.matmul(probs, values), (1, 64)))
+    compiled, hlo = xla_compiled(project, probs, values)
     [fused_dot] = [computation.splitlines()[0] for computation in hlo.split("\n\n")
                    if " dot(" in computation and "s8[512,64]" in computation and "ENTRY" not in computation]
     assert "f32[1,64]" in fused_dot and "f32[4,16]" not in fused_dot, fused_dot
@@ -141,25 +152,15 @@ def test_under_xla_a_large_16_bit_kernel_is_multiplied_a_block_at_a_time_at_more
     call: whole, the 270M's logits table's was a 640 MiB temporary that the server kept; in blocks of
     CAST_BLOCK_ELEMENTS, each block's copy left the cache. So a loop converts XLA_CAST_BLOCK_ELEMENTS at a time. At
     one row XLA's matrix-vector dot reads the kernel (and converts it) as it goes: no copy, so no blocks."""
-    dtype = "bfloat16"
     monkeypatch.setattr(quantization, "CAST_BLOCK_ELEMENTS", 1000)  # the kernel is more than one such block
     monkeypatch.setattr(quantization, "XLA_CAST_BLOCK_ELEMENTS", 500)
     rng = np.random.default_rng(5)
-    weights = tf.constant(rng.normal(size=(250, 24)), dtype)
+    weights = tf.constant(rng.normal(size=(250, 24)), tf.bfloat16)
     kernel = tf.Variable(serving_copy(weights))
     rows = tf.constant(rng.normal(size=(rows_count, 24)), tf.float32)
-
-    def product(rows):
-        with compiled_by_xla():
-            return kernel_matmul(kernel, rows, tf.bfloat16 if dtype == "bfloat16" else None)
-    compiled = tf.function(product, jit_compile=True)
-    hlo = compiled.experimental_get_compiler_ir(rows)(stage="optimized_hlo")
-    # The blocks, converted by converts that are a fusion's result or stand alone (not those read inside a dot's
-    # fusion).
-    made = "\n".join(computation if computation.lstrip().startswith("ENTRY") else
-                      next(line for line in computation.splitlines() if "ROOT" in line)
-                      for computation in hlo.split("\n\n") if "ROOT" in computation)
-    blocks = sorted(set(re.findall(r"= f32\[(\d+),24\]\{1,0\} convert\(", made)))
+    compiled, hlo = xla_compiled(lambda rows: kernel_matmul(kernel, rows, tf.bfloat16), rows)
+    # The blocks, converted by converts that make a buffer (not those read inside a dot's fusion).
+    blocks = sorted(set(re.findall(r"= f32\[(\d+),24\]\{1,0\} convert\(", made_by(hlo))))
     assert blocks == ([] if rows_count == 1 else ["10", "20"]), blocks  # 12 blocks of 20 rows in a loop, then 10
     expected = rows.numpy() @ tf.cast(weights, tf.float32).numpy().T
     np.testing.assert_allclose(compiled(rows), expected, rtol=1e-5, atol=1e-4)
@@ -176,11 +177,7 @@ def test_under_xla_the_kernel_is_the_dots_left_operand_and_a_float32_one_is_not_
     kernel = tf.Variable(tf.constant(rng.integers(-127, 128, (48, 24)) / 100, dtype))
     rows = tf.constant(rng.normal(size=(3, 24)), tf.float32)
 
-    def product(rows):
-        with compiled_by_xla():
-            return kernel_matmul(kernel, rows)
-    compiled = tf.function(product, jit_compile=True)
-    hlo = compiled.experimental_get_compiler_ir(rows)(stage="optimized_hlo")
+    compiled, hlo = xla_compiled(lambda rows: kernel_matmul(kernel, rows), rows)
     dots = re.findall(r"= f32\[(\d+),(\d+)\]\{1,0\} dot\(", hlo)
     # Each dot [outputs, rows]: the float32 kernel whole, the int8 one converted in blocks of 20 outputs, then 8.
     assert sorted(set(dots)) == ([("48", "3")] if dtype == "float32" else [("20", "3"), ("8", "3")]), dots
@@ -200,15 +197,8 @@ def test_under_xla_a_large_int8_kernel_times_int8_rows_is_a_block_at_a_time_at_m
     kernel_scale = tf.constant(rng.uniform(50, 100, 250), tf.float32)
     rows = tf.constant(rng.normal(size=(rows_count, 24)), tf.float32)
 
-    def product(rows):
-        with compiled_by_xla():
-            return int8_matmul(kernel, kernel_scale, rows)
-    compiled = tf.function(product, jit_compile=True)
-    hlo = compiled.experimental_get_compiler_ir(rows)(stage="optimized_hlo")
-    made = "\n".join(computation if computation.lstrip().startswith("ENTRY") else
-                      next(line for line in computation.splitlines() if "ROOT" in line)
-                      for computation in hlo.split("\n\n") if "ROOT" in computation)
-    blocks = sorted(set(re.findall(r"= s8\[(\d+),24\]\{1,0\} (?:dynamic-)?slice\(", made)))
+    compiled, hlo = xla_compiled(lambda rows: int8_matmul(kernel, kernel_scale, rows), rows)
+    blocks = sorted(set(re.findall(r"= s8\[(\d+),24\]\{1,0\} (?:dynamic-)?slice\(", made_by(hlo))))
     assert blocks == ([] if rows_count == 1 else ["10", "20"]), blocks  # 12 blocks of 20 rows in a loop, then 10
     # Without XLA the int8 products are summed in float32 (exact: below 2**24), from the same quantized rows.
     np.testing.assert_allclose(compiled(rows), int8_matmul(kernel, kernel_scale, rows), rtol=1e-6)
