@@ -6,9 +6,8 @@ layers of q, k, v, attention output, two gates and the MLP output) at `--rows` r
 
 Forms: the Keras kernel [C, O] (x @ K); the serving kernel [O, C] as x @ W^T (`transpose_b`), as (W @ x^T)^T, and
 as the export multiplies it (`quantization.kernel_matmul`, under XLA with `--jit_compile`: (W @ x^T)^T kept so,
-where XLA would fold the transpose into the dot, which makes it x @ W^T). `--dtype int8`: weight-only int8 serving
-kernels, the export's form alone. Best of 5 calls after two warm ones. Run it with
-TF_ENABLE_ONEDNN_OPTS=0 and =1: TensorFlow's own (Eigen) matmuls and oneDNN's differ here.
+where XLA would fold the transpose into the dot, which makes it x @ W^T). Best of 5 calls after two warm ones. Run
+it with TF_ENABLE_ONEDNN_OPTS=0 and =1: TensorFlow's own (Eigen) matmuls and oneDNN's differ here.
 """
 
 import argparse
@@ -40,31 +39,23 @@ FORMS = {
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 128])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
-                        help="int8: weight-only int8 serving kernels, the export's form alone")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--jit_compile", action="store_true")
     parser.add_argument("--json_out", default=None)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     shapes = LAYER * NUM_LAYERS
-    if args.dtype == "int8":
-        keras_kernels = [None] * len(shapes)
-        serving_kernels = [tf.Variable(rng.integers(-127, 128, size=shape[::-1]).astype("int8")) for shape in shapes]
-    else:
-        keras_kernels = [tf.Variable(tf.cast(rng.normal(size=shape).astype("float32"), args.dtype))
-                         for shape in shapes]
-        serving_kernels = [tf.Variable(tf.transpose(kernel)) for kernel in keras_kernels]
+    keras_kernels = [tf.Variable(tf.cast(rng.normal(size=shape).astype("float32"), args.dtype)) for shape in shapes]
+    serving_kernels = [tf.Variable(tf.transpose(kernel)) for kernel in keras_kernels]
 
     def exported(x, keras, serving):
         with quantization.compiled_by_xla() if args.jit_compile else contextlib.nullcontext():
             return quantization.kernel_matmul(serving, x)
-    forms = {} if args.dtype == "int8" else dict(FORMS)
-    forms["the export's (`kernel_matmul`)"] = exported
+    forms = {**FORMS, "the export's (`kernel_matmul`)": exported}
     print(cpu(), f"XLA {'on' if args.jit_compile else 'off'}, {args.dtype}")
     results = []
     for rows in args.rows:
-        x = tf.cast(tf.random.normal([rows, max(contracted for contracted, _ in LAYER)]),
-                    tf.float32 if args.dtype == "int8" else args.dtype)
+        x = tf.cast(tf.random.normal([rows, max(contracted for contracted, _ in LAYER)]), args.dtype)
         for name, form in forms.items():
             def step(x, form=form):
                 return tf.add_n([tf.reduce_sum(tf.cast(form(x[:, :shape[0]], keras, serving), tf.float32))
