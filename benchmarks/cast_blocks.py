@@ -99,7 +99,7 @@ def main():
             else:
                 quantization.CAST_BLOCK_ELEMENTS = whole if block == 0 else in_blocks
                 quantization.XLA_CAST_BLOCK_ELEMENTS = block
-                ms = ms_per_pass(weights, float_dtype, rows, args.quantized_rows, args.dtype == "float32" and block)
+                ms = ms_per_pass(weights, float_dtype, rows, args.quantized_rows, args.dtype == "float32")
             label = "-" if block is None else "whole" if block == 0 else f"2^{block.bit_length() - 1}"
             print(f"| {count} | {dtype} | {label} | {ms:.1f} |", flush=True)
             results.append({"rows": count, "dtype": dtype, "block_elements": block, "ms": ms})

@@ -170,7 +170,7 @@ def test_under_xla_a_large_16_bit_kernel_is_multiplied_a_block_at_a_time_at_more
 def test_under_xla_the_kernel_is_the_dots_left_operand_and_a_float32_one_is_not_cut_in_blocks(monkeypatch, dtype):
     """(W @ x^T)^T stays so under XLA: folded into the dot, the transpose made it x @ W^T, whose library call took
     1.5x as long at 8 rows (the 270M's decoder projections, float32 and weight-only int8). So multiplied, a float32
-    kernel is faster whole than in blocks (the 270M's logits at 8 rows: 33 against 46 ms)."""
+    kernel is faster whole than in blocks (the 270M's logits at 8 rows: 33 against 49 ms)."""
     monkeypatch.setattr(quantization, "CAST_BLOCK_ELEMENTS", 1000)  # the kernel is more than one such block
     monkeypatch.setattr(quantization, "XLA_CAST_BLOCK_ELEMENTS", 500)
     rng = np.random.default_rng(7)
