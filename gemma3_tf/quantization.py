@@ -197,8 +197,8 @@ def _product(part, rows, float_dtype):
     Under XLA the product goes out through `_unfused`: else XLA folds the transpose that follows it into the dot,
     as x @ W^T, whose library call at more than one row took 1.5x as long (the 270M's 126 decoder projections,
     float32, at 8 rows: 37.7 against 25.1 ms, at 1 row 14.8 against 15.6, `benchmarks/projection_layouts.py
-    --jit_compile`; served at batch 8, runs before and after: float32 10.4 -> 15.8 tokens/s a row, int8 20.2 -> 25.0; 2-core AMD
-    EPYC).
+    --jit_compile`; served at batch 8, runs before and after: float32 10.4 -> 15.8 tokens/s a row, int8 20.2 ->
+    25.0; 2-core AMD EPYC).
     """
     import tensorflow as tf
     product = tf.matmul(tf.cast(read_per_call(part, rows, float_dtype), rows.dtype), rows, transpose_b=True)

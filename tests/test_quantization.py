@@ -245,11 +245,8 @@ def test_xla_reads_low_precision_kernels_at_their_size_inside_a_decode_loop(dtyp
         row = tf.cast(lookup(kernel, [i], float_dtype), tf.float32)  # as `Gemma3Backbone.embed_tokens`
         return tf.nn.l2_normalize(out[:, :64] + row)
 
-    def decode(x):
-        with compiled_by_xla():
-            return tf.while_loop(lambda i, x: i < 3, lambda i, x: (i + 1, step(i, x)), (0, x))[1]
-    compiled = tf.function(decode, jit_compile=True)
-    hlo = compiled.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    compiled, hlo = xla_compiled(
+        lambda x: tf.while_loop(lambda i, x: i < 3, lambda i, x: (i + 1, step(i, x)), (0, x))[1], x)
     entry = hlo[hlo.index("\nENTRY"):].split("\n}")[0].splitlines()
     made = [line for line in entry if " = " in line and "[512,64]" in line.split(" = ")[1].split(" ")[0]]
     assert len(made) == 1 and " parameter(" in made[0], made  # only the kernel itself, given to the loop as it is
