@@ -203,10 +203,12 @@ def projection_layouts_table(data):
 
 def served_memory_table(data):
     text = f"{data.get('cpu')}.\n\n"
-    for path in dict.fromkeys(row["model_path"] for row in data["results"]):
-        rows = [row for row in data["results"] if row["model_path"] == path]
-        text += (f"`{path}`: {rows[0]['function_nodes']} nodes in the graph's functions, saved_model.pb "
-                 f"{rows[0]['saved_model_pb_mib']:.1f} MiB, variables {rows[0]['variables_gib']:.2f} GiB.\n\n")
+    loaded_by = lambda row: (row["model_path"], row.get("loader", "python"))  # noqa: E731
+    for path, loader in dict.fromkeys(map(loaded_by, data["results"])):
+        rows = [row for row in data["results"] if loaded_by(row) == (path, loader)]
+        text += (f"`{path}`, {loader} loader: {rows[0]['function_nodes']} nodes in the graph's functions, "
+                 f"saved_model.pb {rows[0]['saved_model_pb_mib']:.1f} MiB, variables "
+                 f"{rows[0]['variables_gib']:.2f} GiB.\n\n")
         text += table(rows, [("stage", "stage", str), ("rss_gib", "RSS GiB", fmt(".2f")),
                              ("anonymous_gib", "anonymous GiB", fmt(".2f")), ("peak_gib", "peak GiB", fmt(".2f"))])
         text += "\n\n"

@@ -14,7 +14,6 @@ import os
 
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow.python.framework import op_def_registry
 
 
 def used_ops(saved_model: saved_model_pb2.SavedModel) -> set[str]:
@@ -38,21 +37,31 @@ def _tf_text_op_libraries() -> tuple[str, ...]:
     return tuple(sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "python", "ops", "*.so"))))
 
 
-def register_op_libraries(path: str) -> None:
-    """Loads the TF Text op libraries that register the ops of the SavedModel at `path` that TensorFlow does not.
+def needed_op_libraries(path: str) -> list[str]:
+    """The TF Text op libraries (paths) that register the ops of the SavedModel at `path` that TensorFlow does not.
 
-    A library registers an op whose name it holds as a C string (REGISTER_OP's argument). An op that no library
-    registers is left for the loader to name ("Op type not registered").
+    TensorFlow's own ops are those of `tf.raw_ops`, which op libraries loaded since do not join, so the answer does
+    not depend on what this process has loaded. A library registers an op whose name it holds as a C string
+    (REGISTER_OP's argument). An op that no library registers is left for the loader to name ("Op type not
+    registered").
     """
     saved_model = saved_model_pb2.SavedModel()
     with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as file:
         saved_model.ParseFromString(file.read())
-    missing = {op for op in used_ops(saved_model) if op_def_registry.get(op) is None}
+    missing, needed = used_ops(saved_model) - set(dir(tf.raw_ops)), []
     for library in _tf_text_op_libraries():
         if not missing:
-            return
+            break
         with open(library, "rb") as file:
             content = file.read()
-        if any(b"\0" + op.encode() + b"\0" in content for op in missing):
-            tf.load_op_library(library)
-            missing = {op for op in missing if op_def_registry.get(op) is None}
+        registered = {op for op in missing if b"\0" + op.encode() + b"\0" in content}
+        if registered:
+            needed.append(library)
+            missing -= registered
+    return needed
+
+
+def register_op_libraries(path: str) -> None:
+    """Loads the op libraries that the SavedModel at `path` needs (`needed_op_libraries`) into this process."""
+    for library in needed_op_libraries(path):
+        tf.load_op_library(library)

@@ -18,6 +18,10 @@ from google.protobuf import text_format
 from gemma3_tf import samplers
 from gemma3_tf.export import (BATCHING_PARAMETERS, MODELS_CONFIG, WARMUP_FILE, NotServableError, ServingLimits,
                               ServingModule, check_servable_ops, export_model, saved_model_ops, signatures)
+from gemma3_tf.export.session_check import signature_feeds
+from serving.c_api import feeds_to_json
+from serving.models import read_signature_defs
+from serving.op_libraries import needed_op_libraries
 from serving.server import read_batching_parameters
 from session_savedmodel import SessionSavedModel
 from test_preprocessing import png
@@ -25,6 +29,22 @@ from tiny_exports import PROMPTS, in_process, in_process_ids, tiny_lm
 
 
 TF_SERVING_LOAD = os.path.join(os.path.dirname(__file__), "tf_serving_load.py")
+# A fresh interpreter that loads a version through TensorFlow's C API (`serving.c_api`) and runs the Session.runs
+# it reads from stdin; a failing run gives its message. Prints whether TensorFlow's Python was imported.
+C_API_LOAD = """
+import json, sys
+from serving.c_api import CSession, feeds_from_json
+job = json.load(sys.stdin)
+session = CSession(job["export_dir"], job["op_libraries"])
+outputs = []
+for feeds, fetches in job["runs"]:
+    try:
+        result = session.run(feeds_from_json(feeds), fetches)
+        outputs.append({alias: value.tolist() for alias, value in result.items()})
+    except RuntimeError as error:
+        outputs.append({"error": str(error)})
+print(json.dumps({"tensorflow_python": "tensorflow" in sys.modules, "outputs": outputs}, default=bytes.decode))
+"""
 
 
 def load_like_tf_serving(python, path, requests):
@@ -54,6 +74,30 @@ def test_greedy_generation_through_tf_servings_loader_in_a_fresh_process_equals_
     assert result["tensorflow"] == tf.__version__ and result["warmup_records"] == 12
     batch, single = result["outputs"]
     assert batch["completion"] == in_process(causal_lm, PROMPTS, 10)
+    assert single["completion"] == in_process(causal_lm, PROMPTS[1:], 3)
+
+
+def test_tf_servings_cpp_loader_without_tensorflows_python_answers_like_in_process(tiny_text_export):
+    """TensorFlow's C++ LoadSavedModel (TF Serving's loader, through the C API) in a process without TensorFlow's
+    Python: the same completions as in process, the signature's defaults for omitted inputs, a refusal as the
+    failing run's message, and the next request answered after it."""
+    causal_lm, path = tiny_text_export
+    generate = read_signature_defs(path)["serving_default"]
+    runs = []
+    for inputs in ({"prompt": PROMPTS, "max_new_tokens": np.int32(10)},
+                   {"prompt": PROMPTS[:1], "max_new_tokens": np.int32(0)},
+                   {"prompt": PROMPTS[1:], "max_new_tokens": np.array([3], np.int32)}):
+        feeds, fetches = signature_feeds(generate, inputs)
+        runs.append((feeds_to_json(feeds), fetches))
+    job = {"export_dir": path, "op_libraries": needed_op_libraries(path), "runs": runs}
+    output = subprocess.run([sys.executable, "-c", C_API_LOAD], input=json.dumps(job), check=True,
+                            capture_output=True, text=True, timeout=600,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    assert not result["tensorflow_python"]
+    batch, refused, single = result["outputs"]
+    assert batch["completion"] == in_process(causal_lm, PROMPTS, 10)
+    assert "[invalid_parameter] `max_new_tokens[0]` must be >= 1." in refused["error"]
     assert single["completion"] == in_process(causal_lm, PROMPTS[1:], 3)
 
 

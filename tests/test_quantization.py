@@ -133,14 +133,21 @@ def test_xla_gives_a_converting_dot_its_rows_as_one_vector():
 
 def test_without_xla_a_kernel_is_cast_for_its_matmul_a_block_at_a_time(monkeypatch):
     """Cast whole on each call, the 270M's int8 logits table was a 671 MB float32 temporary, which the allocator
-    where oneDNN is on then kept (the int8 server grew by 1 GiB at its first `score` request)."""
+    where oneDNN is on then kept (the int8 server grew by 1 GiB at its first `score` request). And a block at a time
+    means one after another: else TensorFlow's executor cast all blocks at once (0.8 GiB at a 2000-token score)."""
     monkeypatch.setattr(quantization, "CAST_BLOCK_ELEMENTS", 1000)
     rng = np.random.default_rng(4)
     kernel = tf.constant(rng.integers(-127, 128, (250, 24)), tf.int8)
     rows = tf.constant(rng.normal(size=(3, 24)), tf.float32)
     graph = tf.function(kernel_matmul).get_concrete_function(kernel, rows).graph
-    casts = [op.outputs[0].shape.as_list() for op in graph.get_operations() if op.type == "Cast"]
-    assert casts == [[42, 24]] * 5 + [[40, 24]], casts  # 6 blocks of at most 1000 weights
+    casts = [op for op in graph.get_operations() if op.type == "Cast"]
+    assert [cast.outputs[0].shape.as_list() for cast in casts] == [[42, 24]] * 5 + [[40, 24]]  # 6 blocks <= 1000
+    products = [op for op in graph.get_operations() if op.type == "MatMul"]
+
+    def waits_for(op):  # ops that `op` or its inputs wait for (TensorFlow puts the wait on the slice's bounds)
+        return set(op.control_inputs).union(*(tensor.op.control_inputs for tensor in op.inputs))
+
+    assert [waits_for(cast.inputs[0].op) for cast in casts] == [set()] + [{product} for product in products[:-1]]
     np.testing.assert_allclose(kernel_matmul(kernel, rows), rows.numpy() @ kernel.numpy().T.astype("float32"),
                                rtol=1e-5, atol=1e-4)
 

@@ -16,12 +16,19 @@ class NotServableError(ValueError):
     """The SavedModel does not load or answer through TF Serving's session path."""
 
 
-def run_signature(session, signature_def, inputs):
-    """`inputs` ({alias: array}, the SignatureDef's defaults for those omitted) -> {alias: array}."""
+def signature_feeds(signature_def, inputs):
+    """`inputs` ({alias: array}, the SignatureDef's defaults for those omitted) -> ({tensor name: array},
+    {output alias: tensor name}): a Session.run of the signature, as TF Serving makes it."""
     feeds = {signature_def.inputs[alias].name: tf.make_ndarray(proto) for alias, proto in
              signature_def.defaults.items() if alias not in inputs}
     feeds.update({signature_def.inputs[alias].name: np.asarray(value) for alias, value in inputs.items()})
-    return session.run({alias: info.name for alias, info in signature_def.outputs.items()}, feeds)
+    return feeds, {alias: info.name for alias, info in signature_def.outputs.items()}
+
+
+def run_signature(session, signature_def, inputs):
+    """`inputs` ({alias: array}, the SignatureDef's defaults for those omitted) -> {alias: array}."""
+    feeds, fetches = signature_feeds(signature_def, inputs)
+    return session.run(fetches, feeds)
 
 
 def check_session_path(export_dir, requests):
