@@ -23,14 +23,18 @@ _TSTRING_BYTES = 24  # sizeof(TF_TString)
 
 def feeds_to_json(feeds):
     """{tensor name: array} -> {tensor name: [values, dtype]}: feeds that a process without TensorFlow's Python
-    takes in as JSON (`feeds_from_json`); strings as str."""
-    return {name: [value.astype(str).tolist(), "object"] if value.dtype.kind in "OSU" else
+    takes in as JSON (`feeds_from_json`). Strings go as their bytes (str as UTF-8), each byte a character."""
+    as_text = np.frompyfunc(lambda item: (item if isinstance(item, bytes) else str(item).encode()).decode("latin-1"),
+                            1, 1)
+    return {name: [np.asarray(as_text(value), object).tolist(), "bytes"] if value.dtype.kind in "OSU" else
             [value.tolist(), value.dtype.name] for name, value in feeds.items()}
 
 
 def feeds_from_json(feeds):
-    """The inverse of `feeds_to_json`."""
-    return {name: np.array(values, dtype) for name, (values, dtype) in feeds.items()}
+    """The inverse of `feeds_to_json`: strings as bytes."""
+    as_bytes = np.frompyfunc(lambda text: text.encode("latin-1"), 1, 1)
+    return {name: np.asarray(as_bytes(np.array(values, object)), object) if dtype == "bytes" else
+            np.array(values, dtype) for name, (values, dtype) in feeds.items()}
 
 
 class _Output(ctypes.Structure):  # TF_Output

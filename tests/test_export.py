@@ -79,14 +79,14 @@ def test_greedy_generation_through_tf_servings_loader_in_a_fresh_process_equals_
 
 def test_tf_servings_cpp_loader_without_tensorflows_python_answers_like_in_process(tiny_text_export):
     """TensorFlow's C++ LoadSavedModel (TF Serving's loader, through the C API) in a process without TensorFlow's
-    Python: the same completions as in process, the signature's defaults for omitted inputs, a refusal as the
-    failing run's message, and the next request answered after it."""
+    Python: the same completions as in process (a prompt's UTF-8 bytes passed as they are), the signature's defaults
+    for omitted inputs, a refusal as the failing run's message, and the next request answered after it."""
     causal_lm, path = tiny_text_export
     generate = read_signature_defs(path)["serving_default"]
     runs = []
     for inputs in ({"prompt": PROMPTS, "max_new_tokens": np.int32(10)},
                    {"prompt": PROMPTS[:1], "max_new_tokens": np.int32(0)},
-                   {"prompt": PROMPTS[1:], "max_new_tokens": np.array([3], np.int32)}):
+                   {"prompt": np.array(["Grüße, café".encode()], object), "max_new_tokens": np.array([3], np.int32)}):
         feeds, fetches = signature_feeds(generate, inputs)
         runs.append((feeds_to_json(feeds), fetches))
     job = {"export_dir": path, "op_libraries": needed_op_libraries(path), "runs": runs}
@@ -98,7 +98,7 @@ def test_tf_servings_cpp_loader_without_tensorflows_python_answers_like_in_proce
     batch, refused, single = result["outputs"]
     assert batch["completion"] == in_process(causal_lm, PROMPTS, 10)
     assert "[invalid_parameter] `max_new_tokens[0]` must be >= 1." in refused["error"]
-    assert single["completion"] == in_process(causal_lm, PROMPTS[1:], 3)
+    assert single["completion"] == in_process(causal_lm, ["Grüße, café"], 3)
 
 
 def test_sampling_parameters_per_row_match_in_process_samplers_and_ignore_batch_neighbours(tiny_text_savedmodel):
