@@ -77,6 +77,7 @@ def measure(path, score_tokens, trim):
         stage("variables restored")
 
     signatures = meta_graph.signature_def
+    # Feeds made here, not by `session_check.signature_feeds`: gemma3_tf (Keras) is no module the local server loads.
     for name, signature_name, inputs in requests(path, score_tokens):
         signature = signatures[signature_name]
         feeds = {signature.inputs[alias].name: value for alias, value in inputs.items()}

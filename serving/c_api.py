@@ -9,6 +9,7 @@ Python server holds before any graph, 2-core AMD EPYC, TensorFlow 2.21).
 """
 
 import ctypes
+import functools
 import importlib.util
 import os
 
@@ -41,15 +42,37 @@ class _Output(ctypes.Structure):  # TF_Output
     _fields_ = [("oper", ctypes.c_void_p), ("index", ctypes.c_int)]
 
 
+@functools.cache
 def tensorflow_c_library():
     """The installed TensorFlow wheel's C API library (after the framework library it needs), loaded without
-    importing TensorFlow's Python."""
+    importing TensorFlow's Python, with the signatures of the functions `CSession` calls."""
     spec = importlib.util.find_spec("tensorflow")
     if spec is None:
         raise ImportError("TensorFlow is not installed: serving.c_api loads its wheel's C libraries.")
     folder = spec.submodule_search_locations[0]
     ctypes.CDLL(os.path.join(folder, "libtensorflow_framework.so.2"), mode=ctypes.RTLD_GLOBAL)
-    return ctypes.CDLL(os.path.join(folder, "libtensorflow_cc.so.2"), mode=ctypes.RTLD_GLOBAL)
+    library = ctypes.CDLL(os.path.join(folder, "libtensorflow_cc.so.2"), mode=ctypes.RTLD_GLOBAL)
+    pointer, size = ctypes.c_void_p, ctypes.c_size_t
+    for name, restype, argtypes in [
+            ("TF_NewStatus", pointer, []), ("TF_GetCode", ctypes.c_int, [pointer]),
+            ("TF_Message", ctypes.c_char_p, [pointer]), ("TF_LoadLibrary", pointer, [ctypes.c_char_p, pointer]),
+            ("TF_NewSessionOptions", pointer, []), ("TF_DeleteSessionOptions", None, [pointer]),
+            ("TF_NewGraph", pointer, []),
+            ("TF_LoadSessionFromSavedModel", pointer, [pointer, pointer, ctypes.c_char_p,
+                                                       ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, pointer,
+                                                       pointer, pointer]),
+            ("TF_GraphOperationByName", pointer, [pointer, ctypes.c_char_p]),
+            ("TF_AllocateTensor", pointer, [ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.c_int, size]),
+            ("TF_TensorData", pointer, [pointer]), ("TF_TensorType", ctypes.c_int, [pointer]),
+            ("TF_NumDims", ctypes.c_int, [pointer]), ("TF_Dim", ctypes.c_int64, [pointer, ctypes.c_int]),
+            ("TF_TensorByteSize", size, [pointer]), ("TF_DeleteTensor", None, [pointer]),
+            ("TF_StringInit", None, [pointer]), ("TF_StringCopy", None, [pointer, ctypes.c_char_p, size]),
+            ("TF_StringGetDataPointer", pointer, [pointer]), ("TF_StringGetSize", size, [pointer]),
+            ("TF_SessionRun", None, [pointer, pointer, pointer, pointer, ctypes.c_int, pointer, pointer,
+                                     ctypes.c_int, pointer, ctypes.c_int, pointer, pointer])]:
+        function = getattr(library, name)
+        function.restype, function.argtypes = restype, argtypes
+    return library
 
 
 class CSession:
@@ -61,26 +84,6 @@ class CSession:
 
     def __init__(self, export_dir, op_libraries=(), tags=("serve",)):
         self._lib = tensorflow_c_library()
-        pointer, size = ctypes.c_void_p, ctypes.c_size_t
-        for name, restype, argtypes in [
-                ("TF_NewStatus", pointer, []), ("TF_GetCode", ctypes.c_int, [pointer]),
-                ("TF_Message", ctypes.c_char_p, [pointer]), ("TF_LoadLibrary", pointer, [ctypes.c_char_p, pointer]),
-                ("TF_NewSessionOptions", pointer, []), ("TF_DeleteSessionOptions", None, [pointer]),
-                ("TF_NewGraph", pointer, []),
-                ("TF_LoadSessionFromSavedModel", pointer, [pointer, pointer, ctypes.c_char_p,
-                                                           ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, pointer,
-                                                           pointer, pointer]),
-                ("TF_GraphOperationByName", pointer, [pointer, ctypes.c_char_p]),
-                ("TF_AllocateTensor", pointer, [ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.c_int, size]),
-                ("TF_TensorData", pointer, [pointer]), ("TF_TensorType", ctypes.c_int, [pointer]),
-                ("TF_NumDims", ctypes.c_int, [pointer]), ("TF_Dim", ctypes.c_int64, [pointer, ctypes.c_int]),
-                ("TF_TensorByteSize", size, [pointer]), ("TF_DeleteTensor", None, [pointer]),
-                ("TF_StringInit", None, [pointer]), ("TF_StringCopy", None, [pointer, ctypes.c_char_p, size]),
-                ("TF_StringGetDataPointer", pointer, [pointer]), ("TF_StringGetSize", size, [pointer]),
-                ("TF_SessionRun", None, [pointer, pointer, pointer, pointer, ctypes.c_int, pointer, pointer,
-                                         ctypes.c_int, pointer, ctypes.c_int, pointer, pointer])]:
-            function = getattr(self._lib, name)
-            function.restype, function.argtypes = restype, argtypes
         self._status = self._lib.TF_NewStatus()
         for library in op_libraries:
             self._lib.TF_LoadLibrary(library.encode(), self._status)
